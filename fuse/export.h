@@ -1,0 +1,37 @@
+/*
+ * export.h — block exports (type fuse): a node's content as one regular file.
+ *
+ * GS API: main thread, global lock, called from coroutines on the main loop.
+ * The export's requests are served by the IOThreads it was given, one cloned
+ * /dev/fuse fd per IOThread, each request in its own coroutine (I/O code).
+ */
+#ifndef DISKSTACK_FUSE_EXPORT_H
+#define DISKSTACK_FUSE_EXPORT_H
+
+#include "block-common.h"
+#include "loop/loop.h"
+
+typedef struct BlockExport BlockExport;
+
+/*
+ * block-export-add with type "fuse".  def holds QMP's arguments: id,
+ * node-name, mountpoint, writable (default false), writethrough, growable,
+ * allow-other ("on"|"off"|"auto", default "auto"), iothread (a name or a list
+ * of names; default: every IOThread), plus direct-io (bool, default true).
+ * Fails with a one-line message (mountpoint missing, is a directory, already
+ * mounted, no permission for /dev/fuse, node unknown, permission conflict).
+ */
+BlockExport *coroutine_fn block_export_add(json_t *def, Error **errp) GS;
+/* Unmounts, drains, releases the node.  Returns when no request is left. */
+void coroutine_fn block_export_del(BlockExport *exp) GS;
+BlockExport *block_export_find(const char *id) GS;
+BlockExport *block_export_next(BlockExport *prev) GS;
+const char *block_export_id(const BlockExport *exp);
+/* Called (on the main loop) when the mount went away underneath us
+ * (fusermount -u, umount) so the owner can clean up and maybe exit. */
+void block_export_set_gone_cb(BlockExport *exp, void (*cb)(BlockExport *, void *),
+                              void *opaque) GS;
+/* Option table of the fuse export, for the key=value command-line syntax. */
+extern const struct BlockOptionDesc fuse_export_options[];
+
+#endif

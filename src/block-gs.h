@@ -1,0 +1,134 @@
+/*
+ * block-gs.h — the global-state half of the block layer.
+ *
+ * Everything here is GS code: main thread, global lock held (REQUIRES
+ * (global_lock), checked by clang and by GS_CODE() at run time).  GS code
+ * may change the graph, open and close nodes, and call I/O functions in
+ * block-io.h (holding the graph read lock).  I/O code may not call anything
+ * here.
+ *
+ * Graph changes follow "prepare all, commit or abort, then free": check
+ * permissions for the new shape first, change edges only inside a quiesced
+ * section of the nodes touched (with the graph write lock), and free the old
+ * shape last.  A failed change leaves the graph as it was.
+ */
+#ifndef DISKSTACK_BLOCK_GS_H
+#define DISKSTACK_BLOCK_GS_H
+
+#include "block-common.h"
+
+/* Registers the built-in drivers.  Once, at start-up. */
+void block_init(void) GS;
+void bdrv_register(const BlockDriver *drv) GS;
+const BlockDriver *bdrv_find_driver(const char *name) GS;
+/* Picks the format for an image by its first bytes: the highest-scoring
+ * format driver, raw if none recognises it. */
+const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
+                                     const char *filename) GS;
+
+/*
+ * The main thread's way to read the graph: the global lock already excludes
+ * writers (only GS code writes), so this only tells the analysis.
+ */
+void bdrv_graph_rdlock_main_loop(void) ACQUIRE_SHARED(graph_lock) GS;
+void bdrv_graph_rdunlock_main_loop(void) RELEASE_SHARED(graph_lock) GS;
+/*
+ * The write side.  Callers must have quiesced every node whose edges they
+ * change (bdrv_co_quiesce_begin); the edge-changing functions assert it.
+ */
+void bdrv_graph_wrlock(void) ACQUIRE(graph_lock) GS;
+void bdrv_graph_wrunlock(void) RELEASE(graph_lock) GS;
+
+/*
+ * Opening nodes from definitions (the arguments of QMP blockdev-add, as a
+ * JSON object).  Children named by a string are existing nodes; children
+ * given as objects are opened recursively.  On error nothing is left open.
+ */
+BlockNode *coroutine_fn bdrv_co_open_blockdev(json_t *def, Error **errp) GS;
+/*
+ * For a driver's open callback: opens (or references) the child named `key`
+ * in `options` and attaches it with `role`.  Returns NULL with *errp set on
+ * failure, or NULL without error when the key is absent and allow_none.
+ */
+BlockChild *coroutine_fn bdrv_co_open_child(BlockNode *parent, json_t *options,
+                                            const char *key, BdrvChildRole role,
+                                            bool allow_none, Error **errp) GS;
+/* Attaches an existing node as a child of parent (checks permissions). */
+BlockChild *bdrv_attach_child(BlockNode *parent, BlockNode *child,
+                              const char *name, BdrvChildRole role,
+                              Error **errp) GS;
+/* Detaches and drops the reference the edge held (may close the child). */
+void coroutine_fn bdrv_co_unref_child(BlockNode *parent, BlockChild *child) GS;
+
+BlockNode *bdrv_find_node(const char *node_name) GS;
+/* Iterates the named nodes: pass NULL to start. */
+BlockNode *bdrv_next_node(BlockNode *prev) GS;
+void bdrv_ref(BlockNode *bs) GS;
+/* Drops a reference; the last one drains and closes the node. */
+void coroutine_fn bdrv_co_unref(BlockNode *bs) GS;
+/* QMP blockdev-del: refuses a node that has parents or is in use. */
+int coroutine_fn bdrv_co_blockdev_del(const char *node_name, Error **errp) GS;
+/* Flushes and closes every node (at exit). */
+void coroutine_fn bdrv_co_close_all(void) GS;
+
+/*
+ * Permissions.  A parent asks for `perm` on an edge and shares
+ * `shared_perm`; the other parents of the same node must share everything it
+ * takes.  Conflicts are errors naming both users.
+ */
+int bdrv_child_set_perm(BlockChild *c, uint64_t perm, uint64_t shared,
+                        Error **errp) GS;
+/* Recomputes the perms of every edge below bs (after a graph change). */
+int bdrv_refresh_perms(BlockNode *bs, Error **errp) GS;
+/* A name for the user of an edge: "node 'disk'", "export 'e0'", ... */
+const char *bdrv_child_user_name(BlockChild *c) GS;
+
+/*
+ * Quiesced sections (DESIGN rule 2, meaning 2).  begin: every parent of bs,
+ * up to the backends and jobs, stops sending new requests (backends hold
+ * them), then begin waits until the requests in flight in bs and its parents
+ * have completed.  Requests held in a filter's queue above bs are not in
+ * flight below it and are not flushed.  Sections nest and count.
+ */
+void coroutine_fn bdrv_co_quiesce_begin(BlockNode *bs) GS;
+void bdrv_quiesce_end(BlockNode *bs) GS;
+/* Node drain (meaning 3): only for closing a node or moving it. */
+void coroutine_fn bdrv_co_drain_node(BlockNode *bs) GS;
+
+/*
+ * Edge changes.  Caller holds the graph write lock inside a quiesced section
+ * of the old and new child nodes.  Permissions are checked first; on
+ * conflict nothing changes.
+ */
+int bdrv_replace_child_node(BlockChild *c, BlockNode *new_bs, Error **errp)
+    GRAPH_WRLOCK GS;
+
+/*
+ * Backends.
+ */
+typedef struct BlockBackendOps {
+    /* The root's length changed (e.g. another user resized it). */
+    void (*resize)(void *opaque);
+} BlockBackendOps;
+
+BlockBackend *blk_new(const char *name, uint64_t perm, uint64_t shared_perm) GS;
+/* Attaches bs as the root; fails on a permission conflict. */
+int blk_insert_node(BlockBackend *blk, BlockNode *bs, Error **errp) GS;
+/* Drains and detaches the root. */
+void coroutine_fn blk_co_remove_node(BlockBackend *blk) GS;
+void coroutine_fn blk_co_unref(BlockBackend *blk) GS;
+BlockNode *blk_node(BlockBackend *blk) GS;
+const char *blk_name(const BlockBackend *blk);
+int blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared, Error **errp) GS;
+void blk_set_ops(BlockBackend *blk, const BlockBackendOps *ops, void *opaque) GS;
+
+/*
+ * Driver option helpers for open callbacks: read a typed option from a
+ * validated definition, with a default.  The definition has already been
+ * checked against the driver's option table (see driver.h).
+ */
+const char *opt_str(json_t *opts, const char *key, const char *def);
+bool opt_bool(json_t *opts, const char *key, bool def);
+int64_t opt_int(json_t *opts, const char *key, int64_t def);
+
+#endif

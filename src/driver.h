@@ -1,0 +1,138 @@
+/*
+ * driver.h — the one vtable of every block driver: protocol, format, filter.
+ *
+ * Each member states three facts:
+ *   lock:      needs the global lock (GS) or the graph read lock (I/O)?
+ *   in flight: may I/O be in flight on this node while it runs?
+ *   threads:   may it run on several threads at once?
+ *
+ * I/O members are called only by io.c, which has already checked the range
+ * against the node's length, aligned it to bl.request_alignment, split it
+ * below bl.max_transfer and counted it in the node's in_flight.  A member
+ * left NULL means "not supported": io.c turns it into -ENOTSUP, never into a
+ * silent pass-through.  A filter that passes a request on says so with an
+ * explicit callback.
+ *
+ * The members are guarded by the capability their class needs, so a call
+ * through the pointer is checked by clang like a direct call.
+ */
+#ifndef DISKSTACK_DRIVER_H
+#define DISKSTACK_DRIVER_H
+
+#include "block-common.h"
+
+/*
+ * Option table: what a definition (blockdev-add arguments) may contain for
+ * this driver.  The core validates a definition against it (unknown key,
+ * wrong type, missing required key are errors that name the key) and uses
+ * it to give types to the dotted key=value syntax of the command line.
+ */
+typedef enum BlockOptType {
+    OPT_STRING,
+    OPT_BOOL,      /* key=value: on/off, true/false, yes/no */
+    OPT_INT,       /* integer */
+    OPT_SIZE,      /* integer, key=value accepts k/M/G/T suffixes */
+    OPT_ENUM,      /* string from enum_values */
+    OPT_CHILD,     /* node name (string) or nested definition (object) */
+    OPT_CHILD_OR_NULL, /* as OPT_CHILD, JSON null allowed (backing: null) */
+} BlockOptType;
+
+typedef struct BlockOptionDesc {
+    const char *name;
+    BlockOptType type;
+    bool required;
+    const char *const *enum_values;   /* NULL-terminated, for OPT_ENUM */
+    const char *help;
+} BlockOptionDesc;
+
+/* Options every node takes (handled by the core, listed for validation). */
+extern const BlockOptionDesc bdrv_common_options[];
+
+struct BlockDriver {
+    const char *format_name;
+    size_t instance_size;
+    bool is_protocol;          /* talks to a file; has no children */
+    bool is_format;            /* interprets a "file" child */
+    bool is_filter;            /* passes requests to one "file" child */
+    const BlockOptionDesc *options;   /* NULL-terminated by name == NULL */
+
+    /*
+     * Probing, for formats: score 0..100 that buf (the image's first bytes)
+     * is this format.  Pure function.
+     */
+    int (*probe)(const uint8_t *buf, int len, const char *filename);
+
+    /*
+     * open — lock: GS (runs in a coroutine on the main loop); in flight:
+     * none, the node is not reachable yet; threads: main only.
+     * Opens children with bdrv_co_open_child(), reads what it needs with
+     * bdrv_co_pread() (holding the graph read lock), sets bs->length and
+     * bs->bl.  On error returns -errno with *errp set and must have undone
+     * everything (the core detaches any children it attached).
+     */
+    int coroutine_fn (*open)(BlockNode *bs, json_t *options, Error **errp) GS_PTR;
+
+    /*
+     * close — lock: GS; in flight: none (the node is drained); threads:
+     * main only.  Frees driver state.  Children are detached by the core.
+     */
+    void coroutine_fn (*close)(BlockNode *bs) GS_PTR;
+
+    /*
+     * child_perm — lock: GS; in flight: may be; threads: main only.
+     * Given what the node's parents take (perm) and share (shared) on it,
+     * says what the node needs (*nperm) and shares (*nshared) on child c.
+     */
+    void (*child_perm)(BlockNode *bs, BlockChild *c, BdrvChildRole role,
+                       uint64_t perm, uint64_t shared,
+                       uint64_t *nperm, uint64_t *nshared) GS_PTR;
+
+    /*
+     * set_perm — lock: GS; in flight: may be; threads: main only.
+     * The cumulative permissions on this node changed (protocols use it for
+     * image locking).  Returns -errno with *errp set to refuse; the core
+     * then restores the old permissions.
+     */
+    int (*set_perm)(BlockNode *bs, uint64_t perm, uint64_t shared, Error **errp) GS_PTR;
+
+    /*
+     * refresh_limits — lock: GS; in flight: none; threads: main only.
+     * Fills bs->bl from the driver's own needs and its children's limits.
+     */
+    void (*refresh_limits)(BlockNode *bs) GS_PTR;
+
+    /*
+     * I/O callbacks — lock: graph read lock (I/O); in flight: yes, any
+     * number; threads: yes, on every IOThread at once, so driver state they
+     * touch is atomic, per-thread, or under a CoMutex.  Return 0 or -errno.
+     */
+    int coroutine_fn (*co_preadv)(BlockNode *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset,
+                                  BdrvRequestFlags flags) GRAPH_RDLOCK_PTR;
+    int coroutine_fn (*co_pwritev)(BlockNode *bs, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset,
+                                   BdrvRequestFlags flags) GRAPH_RDLOCK_PTR;
+    /* Without it io.c writes a zeroed buffer (unless NO_FALLBACK). */
+    int coroutine_fn (*co_pwrite_zeroes)(BlockNode *bs, int64_t offset, int64_t bytes,
+                                         BdrvRequestFlags flags) GRAPH_RDLOCK_PTR;
+    int coroutine_fn (*co_pdiscard)(BlockNode *bs, int64_t offset,
+                                    int64_t bytes) GRAPH_RDLOCK_PTR;
+    /* Makes completed writes of this node stable (io.c recurses to children). */
+    int coroutine_fn (*co_flush)(BlockNode *bs) GRAPH_RDLOCK_PTR;
+    /*
+     * Status of [offset, offset+bytes) in this node alone: BDRV_BLOCK_*
+     * flags, *pnum > 0 bytes that share it; with OFFSET_VALID, *map and
+     * *file say where the data lives.  NULL: everything is DATA|ALLOCATED.
+     */
+    int coroutine_fn (*co_block_status)(BlockNode *bs, int64_t offset, int64_t bytes,
+                                        int64_t *pnum, int64_t *map,
+                                        BlockNode **file) GRAPH_RDLOCK_PTR;
+    /*
+     * truncate — lock: graph read lock; in flight: yes; threads: one
+     * resize at a time per node (io.c serialises), I/O continues.
+     */
+    int coroutine_fn (*co_truncate)(BlockNode *bs, int64_t offset, bool exact,
+                                    Error **errp) GRAPH_RDLOCK_PTR;
+};
+
+#endif

@@ -1,0 +1,100 @@
+/*
+ * loop.h — one event loop per thread, each on its own io_uring ring.
+ *
+ * The main thread runs loop_main(); every IOThread runs its own Loop.  A loop
+ * does four things, all through its ring: file I/O submitted by coroutines
+ * (one SQE per request, submitted in a batch once per loop iteration),
+ * timers, fd readiness, and cross-thread wake-ups (an eventfd).  Nothing in
+ * the block layer polls a loop from inside a request (no nested polling):
+ * waiting is always a coroutine yield.
+ *
+ * Thread-safety: loop_schedule(), loop_stop(), loop_kick() are thread-safe.
+ * The co_*_fd() calls and timers act on the calling thread's loop and must be
+ * called from that thread (the co_ ones from a coroutine).
+ */
+#ifndef DISKSTACK_LOOP_H
+#define DISKSTACK_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include "annotations.h"
+
+typedef struct Loop Loop;
+typedef void LoopFn(void *opaque);
+
+/* Creates a loop (and its ring).  It is bound to the thread that first runs
+ * it; loop_main() is created by loop_init_main(). */
+Loop *loop_new(const char *name);
+void loop_free(Loop *loop);
+void loop_init_main(void);
+Loop *loop_main(void);
+Loop *loop_current(void);             /* NULL on a thread without a loop */
+const char *loop_name(const Loop *loop);
+
+/* Runs the loop on the calling thread until loop_stop(). */
+void loop_run(Loop *loop);
+void loop_stop(Loop *loop);
+/* Runs one iteration; blocks for events only if `blocking`.  For tests and
+ * for the main thread's start-up code, never from inside a coroutine. */
+bool loop_iterate(Loop *loop, bool blocking);
+
+/* Thread-safe: runs fn(opaque) on loop's thread soon (a bottom half). */
+void loop_schedule(Loop *loop, LoopFn *fn, void *opaque);
+void loop_kick(Loop *loop);
+
+/* Monotonic clock in ns. */
+int64_t clock_ns(void);
+
+/*
+ * Timers: callbacks on the owning loop's thread.  Arm and cancel from that
+ * thread only.
+ */
+typedef struct LoopTimer {
+    Loop *loop;
+    LoopFn *cb;
+    void *opaque;
+    int64_t deadline;                 /* internal; 0 = not armed */
+    struct LoopTimer *next;           /* internal */
+} LoopTimer;
+void loop_timer_init(LoopTimer *t, Loop *loop, LoopFn *cb, void *opaque);
+void loop_timer_arm(LoopTimer *t, int64_t deadline_ns);   /* clock_ns() based */
+void loop_timer_cancel(LoopTimer *t);
+bool loop_timer_pending(const LoopTimer *t);
+
+/*
+ * fd handlers: cb runs on the loop's thread whenever fd is readable
+ * (level-triggered, re-armed after each call).  For listening sockets,
+ * signalfd and the like — not for request traffic.
+ */
+void loop_set_fd_handler(Loop *loop, int fd, LoopFn *on_readable, void *opaque);
+void loop_remove_fd_handler(Loop *loop, int fd);
+
+/*
+ * Coroutine I/O on the calling thread's ring.  Each returns what the kernel
+ * returned (bytes, or -errno); no retry on short I/O (callers handle it).
+ */
+ssize_t coroutine_fn co_preadv_fd(int fd, const struct iovec *iov, int iovcnt, off_t off);
+ssize_t coroutine_fn co_pwritev_fd(int fd, const struct iovec *iov, int iovcnt, off_t off);
+int coroutine_fn co_fsync_fd(int fd, bool datasync);
+int coroutine_fn co_fallocate_fd(int fd, int mode, off_t off, off_t len);
+/* Waits until fd has one of `events` (POLLIN...); returns revents or -errno. */
+int coroutine_fn co_poll_fd(int fd, int events);
+/* Reads from fd through the ring (e.g. a /dev/fuse clone). */
+ssize_t coroutine_fn co_read_fd(int fd, void *buf, size_t len);
+
+/*
+ * IOThreads: a thread running its own Loop.
+ */
+typedef struct IOThread IOThread;
+IOThread *iothread_create(const char *id);   /* starts the thread */
+void iothread_destroy(IOThread *t);          /* stops and joins */
+Loop *iothread_loop(IOThread *t);
+const char *iothread_id(const IOThread *t);
+/* Registry of the IOThreads created so far (GS: main thread only). */
+IOThread *iothread_find(const char *id);
+int iothread_count(void);
+IOThread *iothread_nth(int i);
+
+#endif
