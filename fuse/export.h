@@ -9,6 +9,7 @@
 #define DISKSTACK_FUSE_EXPORT_H
 
 #include "block-common.h"
+#include "driver.h"      /* BlockOptionDesc, for fuse_export_options */
 #include "loop/loop.h"
 
 typedef struct BlockExport BlockExport;

@@ -1,1 +1,187 @@
-/* placeholder: to be written */
+/*
+ * quiesce.c — quiesced sections and node drain (DESIGN rule 2, meanings 2
+ * and 3; backend drain, meaning 1, is blk_co_drain in backend.c).
+ *
+ * bdrv_co_quiesce_begin(bs) walks up from bs: every node above it gets its
+ * quiesce_counter raised, every parent that is not a node (a backend, a job)
+ * is told through its class to stop sending new requests.  Then it waits
+ * until the requests already inside bs and inside the nodes above it, and
+ * those the backends above have in flight, have completed.  Nothing outside
+ * that set is touched: a quiesced section on one chain never stops or waits
+ * for another chain.
+ *
+ * Waiting is a coroutine yield, never a nested event loop or a poll: the
+ * completion path (io.c and backend.c, on any thread) calls
+ * bdrv_notify_idle() when an in-flight counter drops to zero, which wakes
+ * every waiter so it re-checks its condition.  The notification is a cheap
+ * atomic load when nobody waits.
+ *
+ * Memory order: a request decrements its counter and then reads
+ * `nwaiters`; a waiter registers (raising `nwaiters`) and then reads the
+ * counters.  Both are sequentially consistent, so either the request sees
+ * the waiter and wakes it, or the waiter sees the counter at zero.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include "graph-internal.h"
+
+typedef struct IdleWaiter {
+    CoEvent ev;
+    struct IdleWaiter *next;
+} IdleWaiter;
+
+static pthread_mutex_t waiters_lock = PTHREAD_MUTEX_INITIALIZER;
+static IdleWaiter *waiters;
+static _Atomic int nwaiters;
+
+/* I/O or GS, thread-safe. */
+void bdrv_notify_idle(void)
+{
+    if (atomic_load(&nwaiters) == 0) {
+        return;
+    }
+    pthread_mutex_lock(&waiters_lock);
+    for (IdleWaiter *w = waiters; w; w = w->next) {
+        co_event_set(&w->ev);
+    }
+    pthread_mutex_unlock(&waiters_lock);
+}
+
+static void waiter_add(IdleWaiter *w)
+{
+    pthread_mutex_lock(&waiters_lock);
+    w->next = waiters;
+    waiters = w;
+    atomic_fetch_add(&nwaiters, 1);
+    pthread_mutex_unlock(&waiters_lock);
+}
+
+static void waiter_remove(IdleWaiter *w)
+{
+    pthread_mutex_lock(&waiters_lock);
+    for (IdleWaiter **p = &waiters; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            break;
+        }
+    }
+    atomic_fetch_sub(&nwaiters, 1);
+    pthread_mutex_unlock(&waiters_lock);
+}
+
+/* I/O or GS: any coroutine. */
+void coroutine_fn wait_until_idle(bool (*cond)(void *opaque), void *opaque)
+{
+    IdleWaiter w;
+    co_event_init(&w.ev);
+    waiter_add(&w);
+    while (!cond(opaque)) {
+        co_event_wait(&w.ev);
+        co_event_reset(&w.ev);
+    }
+    waiter_remove(&w);
+}
+
+static void quiesce_up(BlockNode *bs) GRAPH_RDLOCK GS;
+
+void bdrv_parent_quiesce_begin_one(BlockChild *c)
+{
+    GS_CODE();
+    c->parent_quiesced++;
+    if (c->parent_node) {
+        quiesce_up(c->parent_node);
+    } else if (c->klass && c->klass->quiesce_begin) {
+        c->klass->quiesce_begin(c);
+    }
+}
+
+static void quiesce_up(BlockNode *bs)
+{
+    atomic_fetch_add(&bs->quiesce_counter, 1);
+    for (BlockChild *c = bs->parents; c; c = c->next_parent) {
+        bdrv_parent_quiesce_begin_one(c);
+    }
+}
+
+static void unquiesce_up(BlockNode *bs) GRAPH_RDLOCK GS;
+
+void bdrv_parent_quiesce_end_one(BlockChild *c)
+{
+    GS_CODE();
+    if (c->parent_quiesced <= 0) {
+        abort();
+    }
+    c->parent_quiesced--;
+    if (c->parent_node) {
+        unquiesce_up(c->parent_node);
+    } else if (c->klass && c->klass->quiesce_end) {
+        c->klass->quiesce_end(c);
+    }
+}
+
+static void unquiesce_up(BlockNode *bs)
+{
+    for (BlockChild *c = bs->parents; c; c = c->next_parent) {
+        bdrv_parent_quiesce_end_one(c);
+    }
+    if (atomic_fetch_sub(&bs->quiesce_counter, 1) <= 0) {
+        abort();
+    }
+}
+
+/* True while bs, a node above it, or a backend above it has requests in
+ * flight.  Runs in the main thread (the waiter is GS). */
+static bool busy_up(BlockNode *bs) GRAPH_RDLOCK
+{
+    if (atomic_load(&bs->in_flight) > 0) {
+        return true;
+    }
+    for (BlockChild *c = bs->parents; c; c = c->next_parent) {
+        if (c->parent_node) {
+            if (busy_up(c->parent_node)) {
+                return true;
+            }
+        } else if (c->klass && c->klass->has_in_flight &&
+                   c->klass->has_in_flight(c)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The waiter's condition, checked in the main thread by the waiting GS
+ * coroutine, which holds the main loop's read marker while it waits. */
+static bool quiesced_idle(void *opaque)
+{
+    graph_lock_assert_rdlocked();
+    return !busy_up(opaque);
+}
+
+void coroutine_fn bdrv_co_quiesce_begin(BlockNode *bs)
+{
+    GS_CODE();
+    bdrv_graph_rdlock_main_loop();
+    quiesce_up(bs);
+    wait_until_idle(quiesced_idle, bs);
+    bdrv_graph_rdunlock_main_loop();
+}
+
+void bdrv_quiesce_end(BlockNode *bs)
+{
+    GS_CODE();
+    bdrv_graph_rdlock_main_loop();
+    unquiesce_up(bs);
+    bdrv_graph_rdunlock_main_loop();
+}
+
+/* Node drain: nothing may be in flight in bs or above when it returns.
+ * Used before a node is closed; the caller ends the section when done (or
+ * frees the node).  The section is left open on purpose for close paths:
+ * here it is closed at once, since closing a node with parents never
+ * happens (its parents hold references). */
+void coroutine_fn bdrv_co_drain_node(BlockNode *bs)
+{
+    GS_CODE();
+    bdrv_co_quiesce_begin(bs);
+    bdrv_quiesce_end(bs);
+}

@@ -1,1 +1,413 @@
-/* placeholder: to be written */
+/*
+ * mount.c — `diskstack mount [OPTION]... IMAGE FILE`: the one-shot front door.
+ *
+ * Opens IMAGE as the graph {"driver": FMT, "node-name": "disk", "file":
+ * {"driver": "file", "node-name": "file", "filename": IMAGE}} and exports
+ * node "disk" at FILE
+ * (a regular file, created if missing and removed again afterwards), then
+ * serves in the foreground until FILE is unmounted or a signal arrives.
+ *
+ * Without -f the format is probed: a read-only `file` node is opened on its
+ * own, its first bytes are read through the graph and given to
+ * bdrv_probe_format().  When that answers raw, the raw node is marked
+ * `probed`, so the raw driver refuses writes that would make sector 0 look
+ * like another format (the classic probing hole: a guest writing a qcow2
+ * header into a raw image it does not own).
+ *
+ * Mistakes a person makes often (a missing image, a directory as FILE, FILE
+ * still mounted or left stale by a killed diskstack, no access to /dev/fuse)
+ * are checked before the runtime starts, so they get a message naming the
+ * way out and leave nothing behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block-gs.h"
+#include "block-io.h"
+#include "cli/cli.h"
+#include "driver.h"   /* before export.h: its option table needs the type */
+#include "fuse/export.h"
+#include "options.h"
+
+#define PROBE_BYTES 4096
+#define PROBE_NODE "probe"      /* the file node that probing opens alone */
+#define MAX_IOTHREADS 1024
+
+typedef struct MountArgs {
+    const char *format;      /* NULL: probe */
+    bool read_only;
+    bool allow_other;
+    bool growable;
+    int iothreads;
+    const char *image;       /* as the user wrote them, for messages */
+    const char *file;
+    char mountpoint[PATH_MAX];   /* FILE made absolute */
+    bool created_file;       /* we created FILE, so we remove it */
+} MountArgs;
+
+static void print_mount_help(void)
+{
+    printf("Usage: diskstack mount [OPTION]... IMAGE FILE\n"
+           "\n"
+           "Export the disk image IMAGE as the regular file FILE (created if\n"
+           "missing, removed afterwards) and serve it in the foreground until\n"
+           "FILE is unmounted ('fusermount3 -u FILE') or a signal arrives.\n"
+           "\n"
+           "Options:\n"
+           "  -f, --format=FMT   image format (raw, qcow2); default: probe,\n"
+           "                     raw if not recognisably another format\n"
+           "  -r, --read-only    open the image read-only (FILE refuses writes)\n"
+           "      --iothreads=N  serve with N IOThreads (default: one per CPU)\n"
+           "      --allow-other  let other users access FILE (needs root or\n"
+           "                     user_allow_other in /etc/fuse.conf)\n"
+           "      --growable     writes past the end and truncate grow the image\n"
+           "  -h, --help         show this help\n");
+}
+
+/* Pure: "64 MiB", "1.5 GiB", "1000 bytes" for the mounted message. */
+static void format_size(int64_t bytes, char *buf, size_t len)
+{
+    static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+    double v = (double)bytes;
+    int u = -1;
+
+    while (v >= 1024 && u + 1 < (int)ARRAY_SIZE(units)) {
+        v /= 1024;
+        u++;
+    }
+    if (u < 0) {
+        snprintf(buf, len, "%lld bytes", (long long)bytes);
+    } else if (v == (double)(int64_t)v) {
+        snprintf(buf, len, "%lld %s", (long long)v, units[u]);
+    } else {
+        snprintf(buf, len, "%.1f %s", v, units[u]);
+    }
+}
+
+/* Pure: prints one line and returns false when IMAGE cannot be used. */
+static bool check_image(const MountArgs *a, struct stat *st)
+{
+    if (stat(a->image, st) < 0) {
+        if (errno == ENOENT) {
+            fprintf(stderr, "diskstack: image '%s' does not exist\n", a->image);
+        } else {
+            fprintf(stderr, "diskstack: image '%s': %s\n", a->image, strerror(errno));
+        }
+        return false;
+    }
+    if (S_ISDIR(st->st_mode)) {
+        fprintf(stderr, "diskstack: image '%s' is a directory\n", a->image);
+        return false;
+    }
+    return true;
+}
+
+/* True if path is the root of a mount: its device differs from its
+ * directory's (a file mountpoint is never a bind of its own parent). */
+static bool is_mountpoint(const char *path, const struct stat *st)
+{
+    char dir[PATH_MAX];
+    struct stat dst;
+
+    snprintf(dir, sizeof(dir), "%s", path);
+    return stat(dirname(dir), &dst) == 0 && dst.st_dev != st->st_dev;
+}
+
+/* Checks FILE, creating it if missing.  Prints one line on error. */
+static bool prepare_mountpoint(MountArgs *a, const struct stat *image_st)
+{
+    struct stat st;
+    int fd;
+
+    if (stat(a->file, &st) < 0) {
+        if (errno == ENOTCONN) {
+            fprintf(stderr, "diskstack: '%s' is the stale mount of a diskstack "
+                    "that was killed; clear it with 'fusermount3 -u %s'\n",
+                    a->file, a->file);
+            return false;
+        }
+        if (errno != ENOENT) {
+            fprintf(stderr, "diskstack: '%s': %s\n", a->file, strerror(errno));
+            return false;
+        }
+        fd = open(a->file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            fprintf(stderr, "diskstack: cannot create '%s': %s\n",
+                    a->file, strerror(errno));
+            return false;
+        }
+        close(fd);
+        a->created_file = true;
+    } else if (S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "diskstack: '%s' is a directory; the mountpoint must "
+                "be a regular file (it is created if missing)\n", a->file);
+        return false;
+    } else if (is_mountpoint(a->file, &st)) {
+        fprintf(stderr, "diskstack: '%s' is already mounted; unmount it with "
+                "'fusermount3 -u %s'\n", a->file, a->file);
+        return false;
+    } else if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "diskstack: '%s' is not a regular file\n", a->file);
+        return false;
+    } else if (st.st_dev == image_st->st_dev && st.st_ino == image_st->st_ino) {
+        fprintf(stderr, "diskstack: '%s' is the image itself; mount it on "
+                "another file\n", a->file);
+        return false;
+    }
+    if (!realpath(a->file, a->mountpoint)) {
+        fprintf(stderr, "diskstack: '%s': %s\n", a->file, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+/* Without /dev/fuse nothing else matters; say so before opening anything. */
+static bool check_dev_fuse(void)
+{
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+
+    if (fd >= 0) {
+        close(fd);
+        return true;
+    }
+    if (errno == ENOENT || errno == ENODEV || errno == ENXIO) {
+        fprintf(stderr, "diskstack: /dev/fuse is missing: load the fuse "
+                "module ('modprobe fuse')\n");
+    } else {
+        fprintf(stderr, "diskstack: no permission for /dev/fuse (%s): run as "
+                "root or give your user access to /dev/fuse\n", strerror(errno));
+    }
+    return false;
+}
+
+/* GS: reads the first bytes of node bs through a temporary backend. */
+static int coroutine_fn read_head(BlockNode *bs, uint8_t *buf, int len,
+                                  Error **errp) GS
+{
+    BlockBackend *blk;
+    IOVector qiov;
+    int ret;
+
+    GS_CODE();
+    blk = blk_new("probe", BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    if (blk_insert_node(blk, bs, errp) < 0) {
+        blk_co_unref(blk);
+        return -1;
+    }
+    iov_init_buf(&qiov, buf, len);
+    ret = len > 0 ? blk_co_preadv(blk, 0, len, &qiov, 0) : 0;
+    blk_co_remove_node(blk);
+    blk_co_unref(blk);
+    if (ret < 0) {
+        error_setg_errno(errp, ret, "cannot read image '%s'", bs->filename);
+        return -1;
+    }
+    return 0;
+}
+
+/* GS: opens IMAGE with the file driver alone and returns the name of the
+ * format its first bytes look like (raw when nothing recognises them). */
+static const char *coroutine_fn probe_format(const MountArgs *a, Error **errp) GS
+{
+    json_t *def;
+    BlockNode *bs;
+    uint8_t *buf = NULL;
+    const BlockDriver *drv = NULL;
+    int len;
+
+    GS_CODE();
+    def = json_pack("{s:s, s:s, s:s, s:b}", "driver", "file",
+                    "node-name", PROBE_NODE, "filename", a->image, "read-only", 1);
+    bs = bdrv_co_open_blockdev(def, errp);
+    json_decref(def);
+    if (!bs) {
+        return NULL;
+    }
+    len = (int)MIN(bdrv_getlength(bs), PROBE_BYTES);
+    /* aligned: the file driver may hand it straight to the kernel */
+    if (posix_memalign((void **)&buf, PROBE_BYTES, PROBE_BYTES) == 0 &&
+        read_head(bs, buf, len, errp) == 0) {
+        drv = bdrv_probe_format(buf, len, a->image);
+    }
+    free(buf);
+    /* as QMP blockdev-del: the node was opened like blockdev-add */
+    bdrv_co_blockdev_del(PROBE_NODE, NULL);
+    return drv ? drv->format_name : NULL;
+}
+
+/* GS: the graph of the mount, node "disk" on top. */
+static BlockNode *coroutine_fn open_disk(const MountArgs *a, const char *fmt,
+                                         Error **errp) GS
+{
+    const BlockDriver *drv = bdrv_find_driver(fmt);
+    BlockNode *bs = NULL;
+    json_t *def;
+
+    GS_CODE();
+    if (!drv || !drv->is_format) {
+        error_setg(errp, "'%s' is not an image format (try raw or qcow2)", fmt);
+        return NULL;
+    }
+    /* The file node is named so that errors about it (the image lock) say
+     * "Node 'file'" rather than an invented name. */
+    def = json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:b}, s:b}",
+                    "driver", fmt, "node-name", "disk",
+                    "file", "driver", "file", "node-name", "file",
+                    "filename", a->image, "read-only", a->read_only,
+                    "read-only", a->read_only);
+    if (blockdev_def_check(def, false, errp) == 0) {
+        bs = bdrv_co_open_blockdev(def, errp);
+    }
+    json_decref(def);
+    return bs;
+}
+
+/* GS: exports node "disk" at the mountpoint. */
+static BlockExport *coroutine_fn add_export(const MountArgs *a, Error **errp) GS
+{
+    BlockExport *exp = NULL;
+    json_t *def;
+
+    GS_CODE();
+    def = json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:s}",
+                    "type", "fuse", "id", "mount", "node-name", "disk",
+                    "mountpoint", a->mountpoint, "writable", !a->read_only,
+                    "growable", a->growable,
+                    "allow-other", a->allow_other ? "on" : "auto");
+    if (opts_check(def, fuse_export_options, false, errp) == 0) {
+        exp = block_export_add(def, errp);
+    }
+    json_decref(def);
+    return exp;
+}
+
+/* Main loop (GS): FILE was unmounted underneath us: that is how a user
+ * stops a mount, so it is a clean exit. */
+static void mount_gone(BlockExport *exp, void *opaque)
+{
+    global_lock_assert_held();
+    daemon_shutdown(EXIT_OK);
+}
+
+static void print_mounted(const MountArgs *a, BlockNode *bs)
+{
+    char size[32];
+
+    format_size(bdrv_getlength(bs), size, sizeof(size));
+    fprintf(stderr, "diskstack: %s (%s, %s%s) mounted at %s; Ctrl-C or "
+            "'fusermount3 -u %s' to stop\n", a->image, bs->drv->format_name,
+            size, a->read_only ? ", read-only" : "", a->file, a->file);
+}
+
+/* DaemonConfig.start (GS, coroutine on the main loop). */
+static int coroutine_fn mount_start(void *opaque, Error **errp) GS
+{
+    MountArgs *a = opaque;
+    const char *fmt = a->format;
+    BlockNode *bs;
+    BlockExport *exp;
+
+    GS_CODE();
+    if (!fmt && !(fmt = probe_format(a, errp))) {
+        return -1;
+    }
+    bs = open_disk(a, fmt, errp);
+    if (!bs) {
+        return -1;
+    }
+    /* Set before the export exists, so before any write can arrive. */
+    bs->probed = !a->format && !strcmp(fmt, "raw");
+    exp = add_export(a, errp);
+    if (!exp) {
+        return -1;
+    }
+    block_export_set_gone_cb(exp, mount_gone, a);
+    print_mounted(a, bs);
+    return 0;
+}
+
+/* Parses the options; returns -1 to continue, else the exit code. */
+static int parse_mount_args(int argc, char **argv, MountArgs *a)
+{
+    enum { OPT_IOTHREADS = 256, OPT_ALLOW_OTHER, OPT_GROWABLE };
+    static const struct option longopts[] = {
+        { "format", required_argument, NULL, 'f' },
+        { "read-only", no_argument, NULL, 'r' },
+        { "iothreads", required_argument, NULL, OPT_IOTHREADS },
+        { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER },
+        { "growable", no_argument, NULL, OPT_GROWABLE },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+
+    a->iothreads = cli_default_iothreads();
+    while ((c = getopt_long(argc, argv, ":f:rh", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': a->format = optarg; break;
+        case 'r': a->read_only = true; break;
+        case OPT_ALLOW_OTHER: a->allow_other = true; break;
+        case OPT_GROWABLE: a->growable = true; break;
+        case OPT_IOTHREADS:
+            if (!cli_parse_count("mount", "--iothreads", optarg,
+                                 MAX_IOTHREADS, &a->iothreads)) {
+                return EXIT_USAGE;
+            }
+            break;
+        case 'h':
+            print_mount_help();
+            return EXIT_OK;
+        default:
+            cli_bad_option("mount", argv, optopt, c == ':');
+            return EXIT_USAGE;
+        }
+    }
+    if (argc - optind < 2) {
+        cli_usage_error("mount", "expects IMAGE and FILE");
+        return EXIT_USAGE;
+    }
+    if (argc - optind > 2) {
+        cli_usage_error("mount", "unexpected argument '%s'", argv[optind + 2]);
+        return EXIT_USAGE;
+    }
+    a->image = argv[optind];
+    a->file = argv[optind + 1];
+    return -1;
+}
+
+int cmd_mount(int argc, char **argv)
+{
+    MountArgs a = { 0 };
+    DaemonConfig config = { 0 };
+    struct stat image_st;
+    int ret = parse_mount_args(argc, argv, &a);
+
+    if (ret >= 0) {
+        return ret;
+    }
+    if (!check_image(&a, &image_st) || !check_dev_fuse() ||
+        !prepare_mountpoint(&a, &image_st)) {
+        if (a.created_file) {
+            unlink(a.file);
+        }
+        return EXIT_ERROR;
+    }
+    config.n_iothreads = a.iothreads;
+    config.start = mount_start;
+    config.opaque = &a;
+    ret = daemon_run(&config);
+    /* The export is gone (unmounted) by now, so this is our plain file. */
+    if (a.created_file && unlink(a.mountpoint) < 0 && errno != ENOENT) {
+        fprintf(stderr, "diskstack: cannot remove '%s': %s\n",
+                a.file, strerror(errno));
+    }
+    return ret;
+}

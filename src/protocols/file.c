@@ -1,1 +1,806 @@
-/* placeholder: to be written */
+/*
+ * file.c — the `file` protocol driver: a regular file or block device,
+ * read and written through the calling thread's io_uring ring.
+ *
+ * I/O: every request is submitted on the ring of the thread it runs on
+ * (co_preadv_fd & co, loop.h), so a node serves all IOThreads at once with no
+ * shared state on the data path.  The driver state is written at open and
+ * read-only afterwards, except two "this fallocate mode is unsupported"
+ * flags, which are atomics.  Short reads are completed or (at end of file)
+ * zero-filled, short writes are resubmitted, -EINTR/-EAGAIN are retried.
+ * With cache.direct (O_DIRECT) a request whose buffers are not aligned goes
+ * through an aligned bounce buffer, for that request only.
+ *
+ * Image locking follows QEMU's convention, so QEMU, qemu-img,
+ * qemu-storage-daemon and diskstack see each other's use of an image:
+ * open-file-description (OFD) locks on single bytes of the image file.
+ *   byte 100 + i  shared lock while this user holds permission bit i;
+ *   byte 200 + i  shared lock while this user does NOT share bit i.
+ * A user wanting bit i checks that nobody holds byte 200 + i; a user not
+ * sharing bit i checks that nobody holds byte 100 + i.  "Nobody" is tested
+ * with F_OFD_GETLK for an exclusive lock, which ignores our own locks on the
+ * same open file description.  OFD locks belong to the open file
+ * description, so two nodes of this process on one file conflict as two
+ * processes would — intended.  The permission bits are BLK_PERM_*, whose
+ * first four match QEMU's numbering.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block-gs.h"
+#include "block-io.h"
+#include "driver.h"
+#include "loop/loop.h"
+
+#define LOCK_PERM_BASE   100
+#define LOCK_SHARED_BASE 200
+#define NUM_PERMS        4           /* bits of BLK_PERM_ALL */
+#define MAX_PROBE_ALIGN  4096
+#define FILE_MAX_TRANSFER (16u << 20)
+
+typedef struct FileState {
+    int fd;
+    bool is_blockdev;
+    bool direct;                 /* opened with O_DIRECT */
+    bool no_flush;               /* cache.no-flush: flush is a no-op */
+    bool use_lock;
+    size_t req_align;            /* O_DIRECT offset/length alignment */
+    size_t buf_align;            /* O_DIRECT buffer alignment */
+    /* Learned at run time: fallocate modes the filesystem refused. */
+    _Atomic bool no_zero_range;
+    _Atomic bool no_punch_hole;
+    /* The first fdatasync failure, returned by every later flush: after a
+     * failed writeback the kernel may have marked the pages clean, so a
+     * later fdatasync could succeed without the data being stable. */
+    _Atomic int flush_error;
+    /* GS: the permission bits whose lock bytes this fd holds. */
+    uint64_t locked_perm;        /* bytes 100 + i */
+    uint64_t locked_unshared;    /* bytes 200 + i */
+} FileState;
+
+static const char *const locking_values[] = { "auto", "on", "off", NULL };
+static const char *const aio_values[] = { "io_uring", "threads", "native", NULL };
+
+static const BlockOptionDesc file_options[] = {
+    { "filename", OPT_STRING, true, NULL, "path of the image file or block device" },
+    { "locking", OPT_ENUM, false, locking_values,
+      "image locking (auto|on|off, default auto = on)" },
+    { "aio", OPT_ENUM, false, aio_values, "I/O engine; only io_uring is available" },
+    { NULL },
+};
+
+/* ------------------------------------------------------------------------
+ * Image locking (GS)
+ */
+
+/* Takes (shared) or drops the OFD lock on one byte.  Returns 0 or -errno. */
+static int lock_byte(int fd, int byte, bool lock)
+{
+    struct flock fl = {
+        .l_type = lock ? F_RDLCK : F_UNLCK,
+        .l_whence = SEEK_SET,
+        .l_start = byte,
+        .l_len = 1,
+    };
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* -EAGAIN if another open file description holds a lock on byte. */
+static int byte_locked_by_others(int fd, int byte)
+{
+    struct flock fl = {
+        .l_type = F_WRLCK,
+        .l_whence = SEEK_SET,
+        .l_start = byte,
+        .l_len = 1,
+    };
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+        return -errno;
+    }
+    return fl.l_type == F_UNLCK ? 0 : -EAGAIN;
+}
+
+/* Brings one set of lock bytes (base + i) to `want`; with !unlock it only
+ * adds locks (the prepare step keeps the old ones until the new are checked). */
+static int apply_lock_set(int fd, int base, uint64_t want, uint64_t *locked,
+                          bool unlock, Error **errp)
+{
+    for (int i = 0; i < NUM_PERMS; i++) {
+        uint64_t bit = 1ull << i;
+        bool have = *locked & bit;
+        int ret;
+
+        if ((want & bit) && !have) {
+            ret = lock_byte(fd, base + i, true);
+        } else if (unlock && have && !(want & bit)) {
+            ret = lock_byte(fd, base + i, false);
+        } else {
+            continue;
+        }
+        if (ret < 0) {
+            if (ret == -EAGAIN || ret == -EACCES) {
+                error_setg(errp, "Failed to lock byte %d", base + i);
+            } else {
+                error_setg_errno(errp, ret, "Failed to lock byte %d", base + i);
+            }
+            return ret;
+        }
+        *locked ^= bit;
+    }
+    return 0;
+}
+
+static int apply_lock_bytes(FileState *s, uint64_t perm, uint64_t unshared,
+                            bool unlock, Error **errp)
+{
+    int ret = apply_lock_set(s->fd, LOCK_PERM_BASE, perm, &s->locked_perm,
+                             unlock, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    return apply_lock_set(s->fd, LOCK_SHARED_BASE, unshared,
+                          &s->locked_unshared, unlock, errp);
+}
+
+static void set_lock_error(Error **errp, int ret, bool shared, uint64_t bit)
+{
+    const char *fmt = shared ? "Failed to get shared \"%s\" lock"
+                             : "Failed to get \"%s\" lock";
+    if (ret == -EAGAIN || ret == -EACCES) {
+        error_setg(errp, fmt, blk_perm_names(bit));
+    } else {
+        error_setg_errno(errp, ret, fmt, blk_perm_names(bit));
+    }
+}
+
+/* Does anybody else hold what we want or need unshared?  QEMU's order and
+ * wording: taken permissions first, then the ones we refuse to share. */
+static int check_lock_bytes(int fd, uint64_t perm, uint64_t shared,
+                            Error **errp)
+{
+    for (int i = 0; i < NUM_PERMS; i++) {
+        uint64_t bit = 1ull << i;
+        int ret;
+        if ((perm & bit) &&
+            (ret = byte_locked_by_others(fd, LOCK_SHARED_BASE + i)) < 0) {
+            set_lock_error(errp, ret, false, bit);
+            return ret;
+        }
+    }
+    for (int i = 0; i < NUM_PERMS; i++) {
+        uint64_t bit = 1ull << i;
+        int ret;
+        if (!(shared & bit) &&
+            (ret = byte_locked_by_others(fd, LOCK_PERM_BASE + i)) < 0) {
+            set_lock_error(errp, ret, true, bit);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/*
+ * set_perm — lock: GS; in flight: may be (locking does not touch I/O);
+ * threads: main only.  Prepare (add the new lock bytes while keeping the
+ * old), check for conflicting users, then commit (drop what is no longer
+ * needed) or abort (back to the old set).
+ */
+static int file_set_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
+                         Error **errp) GS
+{
+    GS_CODE();
+    FileState *s = bs->opaque;
+    uint64_t unshared = ~shared & BLK_PERM_ALL;
+    uint64_t old_perm = s->locked_perm, old_unshared = s->locked_unshared;
+    Error *err = NULL;
+    int ret;
+
+    if (!s->use_lock) {
+        return 0;
+    }
+    ret = apply_lock_bytes(s, perm, unshared, false, &err);
+    if (ret == 0) {
+        ret = check_lock_bytes(s->fd, perm & BLK_PERM_ALL, shared, &err);
+    }
+    if (ret < 0) {
+        apply_lock_bytes(s, old_perm, old_unshared, true, NULL);
+        /* QEMU prints the hint on its own line; we keep it in the message. */
+        error_setg(errp, "%s\nIs another process using the image [%s]?",
+                   error_get_pretty(err), bs->filename);
+        error_free(err);
+        return ret == -EACCES ? -EAGAIN : ret;
+    }
+    if (apply_lock_bytes(s, perm, unshared, true, NULL) < 0) {
+        /* Only unlocks happen here; they do not fail on local files. */
+        warn_report("Failed to release lock bytes of '%s'", bs->filename);
+    }
+    return 0;
+}
+
+/* At open: does this filesystem do OFD locks?  locking=auto quietly turns
+ * locking off where it does not (QEMU does the same). */
+static int check_locking_works(FileState *s, const char *mode,
+                               const char *filename, Error **errp)
+{
+    int ret = byte_locked_by_others(s->fd, LOCK_PERM_BASE);
+
+    if (ret == 0 || ret == -EAGAIN) {
+        return 0;
+    }
+    if (strcmp(mode, "on") == 0) {
+        error_setg_errno(errp, ret, "Failed to lock '%s' (locking=on)", filename);
+        return ret;
+    }
+    s->use_lock = false;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Open and close (GS)
+ */
+
+static int get_length(FileState *s, const struct stat *st, int64_t *len)
+{
+    if (s->is_blockdev) {
+        uint64_t bytes;
+        if (ioctl(s->fd, BLKGETSIZE64, &bytes) < 0) {
+            return -errno;
+        }
+        *len = (int64_t)bytes;
+    } else {
+        *len = st->st_size;
+    }
+    return 0;
+}
+
+/* A read of len bytes at offset 0 into buf succeeds under O_DIRECT?
+ * EINVAL is the kernel's answer to misalignment; any other outcome means
+ * the alignment is fine (a real I/O error is not what we probe). */
+static bool direct_read_ok(int fd, void *buf, size_t len)
+{
+    return pread(fd, buf, len, 0) >= 0 || errno != EINVAL;
+}
+
+/*
+ * Finds the alignment O_DIRECT needs, as QEMU does: the smallest of 1, 512,
+ * ..., 4096 that works.  A read at or past the end of the file succeeds
+ * without any check, so "1 works" may mean "could not tell": then 4096,
+ * which is always safe.
+ */
+static int probe_direct_alignment(FileState *s, Error **errp)
+{
+    static const size_t aligns[] = { 1, 512, 1024, 2048, 4096 };
+    unsigned int sector;
+    char *buf;
+
+    if (posix_memalign((void **)&buf, MAX_PROBE_ALIGN, 2 * MAX_PROBE_ALIGN)) {
+        error_setg(errp, "Out of memory probing O_DIRECT alignment");
+        return -ENOMEM;
+    }
+    s->req_align = 0;
+    if (s->is_blockdev && ioctl(s->fd, BLKSSZGET, &sector) == 0 && sector) {
+        s->req_align = sector;
+    }
+    for (size_t i = 0; !s->req_align && i < ARRAY_SIZE(aligns); i++) {
+        if (direct_read_ok(s->fd, buf, aligns[i])) {
+            s->req_align = aligns[i] == 1 ? MAX_PROBE_ALIGN : aligns[i];
+        }
+    }
+    s->buf_align = 0;
+    for (size_t i = 0; !s->buf_align && i < ARRAY_SIZE(aligns); i++) {
+        if (direct_read_ok(s->fd, buf + aligns[i], MAX_PROBE_ALIGN)) {
+            s->buf_align = aligns[i] == 1 ? s->req_align : aligns[i];
+        }
+    }
+    free(buf);
+    if (!s->req_align || !s->buf_align) {
+        error_setg(errp, "Could not find a working O_DIRECT alignment "
+                   "(try cache.direct=off)");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Reads the driver's own options; errors name the option. */
+static int parse_options(FileState *s, json_t *options, const char **filename,
+                         const char **locking, Error **errp)
+{
+    const char *aio = opt_str(options, "aio", "io_uring");
+
+    *filename = opt_str(options, "filename", NULL);
+    if (!*filename || !**filename) {
+        error_setg(errp, "Parameter 'filename' is missing");
+        return -EINVAL;
+    }
+    if (strcmp(aio, "io_uring") != 0) {
+        error_setg(errp, "aio=%s is not supported; diskstack does all file I/O "
+                   "through io_uring (aio=io_uring)", aio);
+        return -EINVAL;
+    }
+    *locking = opt_str(options, "locking", "auto");
+    s->use_lock = strcmp(*locking, "off") != 0;
+    s->direct = opt_bool(options, "cache.direct", false);
+    s->no_flush = opt_bool(options, "cache.no-flush", false);
+    return 0;
+}
+
+static int open_image_fd(FileState *s, const char *filename, bool read_only,
+                         struct stat *st, Error **errp)
+{
+    int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+
+    if (s->direct) {
+        flags |= O_DIRECT;
+    }
+    s->fd = open(filename, flags);
+    if (s->fd < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not open '%s'", filename);
+        return -err;
+    }
+    if (fstat(s->fd, st) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not stat '%s'", filename);
+        return -err;
+    }
+    if (S_ISDIR(st->st_mode)) {
+        error_setg_errno(errp, EISDIR, "Could not open '%s'", filename);
+        return -EISDIR;
+    }
+    if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode)) {
+        error_setg(errp, "'%s' is not a regular file or block device", filename);
+        return -EINVAL;
+    }
+    s->is_blockdev = S_ISBLK(st->st_mode);
+    return 0;
+}
+
+/*
+ * refresh_limits — lock: GS; in flight: none; threads: main only.
+ */
+static void file_refresh_limits(BlockNode *bs) GS
+{
+    GS_CODE();
+    FileState *s = bs->opaque;
+
+    bs->bl.request_alignment = s->direct ? s->req_align : 1;
+    bs->bl.min_mem_alignment = s->direct ? s->buf_align : 1;
+    bs->bl.max_transfer = FILE_MAX_TRANSFER;
+    bs->bl.opt_transfer = 0;
+    bs->bl.max_pwrite_zeroes = 0;
+    bs->bl.max_pdiscard = 0;
+    bs->bl.pdiscard_alignment = 0;
+    bs->bl.pwrite_zeroes_alignment = 0;
+}
+
+/*
+ * close — lock: GS; in flight: none (drained); threads: main only.
+ * Closing the fd also releases every lock byte it held.
+ */
+static void coroutine_fn file_close(BlockNode *bs) GS
+{
+    GS_CODE();
+    FileState *s = bs->opaque;
+
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+}
+
+/*
+ * open — lock: GS, in a coroutine on the main loop; in flight: none, the
+ * node is not reachable yet; threads: main only.  Locks are not taken here
+ * but in set_perm, once the parents' permissions are known.
+ */
+static int coroutine_fn file_open(BlockNode *bs, json_t *options, Error **errp) GS
+{
+    GS_CODE();
+    FileState *s = bs->opaque;
+    const char *filename, *locking;
+    struct stat st;
+    int64_t len;
+    int ret;
+
+    s->fd = -1;
+    ret = parse_options(s, options, &filename, &locking, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = open_image_fd(s, filename, bs->read_only, &st, errp);
+    if (ret == 0 && (ret = get_length(s, &st, &len)) < 0) {
+        error_setg_errno(errp, ret, "Could not get the size of '%s'", filename);
+    }
+    if (ret == 0 && s->direct) {
+        ret = probe_direct_alignment(s, errp);
+    }
+    if (ret == 0 && s->use_lock) {
+        ret = check_locking_works(s, locking, filename, errp);
+    }
+    if (ret < 0) {
+        file_close(bs);
+        return ret;
+    }
+    snprintf(bs->filename, sizeof(bs->filename), "%s", filename);
+    atomic_store(&bs->length, len);
+    bs->supported_write_flags = BDRV_REQ_FUA;
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
+    file_refresh_limits(bs);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * I/O (thread-safe: only the fd and the atomics are shared)
+ */
+
+/* The part [off, off + len) of qiov as an iovec array: no allocation for a
+ * single buffer (the common case). */
+static void slice_iov(IOVector *dst, IOVector *qiov, size_t off, size_t len)
+{
+    if (qiov->niov == 1) {
+        iov_init_buf(dst, (char *)qiov->iov[0].iov_base + off, len);
+    } else {
+        iov_init(dst, qiov->niov);
+        iov_concat(dst, qiov, off, len);
+    }
+}
+
+/* Reads [offset, offset + bytes) into qiov at qiov_offset; zero-fills what
+ * lies past the end of the file. */
+static int coroutine_fn read_fully(FileState *s, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset)
+{
+    int64_t done = 0;
+
+    while (done < bytes) {
+        IOVector part;
+        ssize_t r;
+
+        slice_iov(&part, qiov, qiov_offset + done, bytes - done);
+        r = co_preadv_fd(s->fd, part.iov, part.niov, offset + done);
+        iov_destroy(&part);
+        if (r == -EINTR || r == -EAGAIN) {
+            continue;
+        }
+        if (r < 0) {
+            return (int)r;
+        }
+        if (r == 0) {
+            /* End of file (which may be growing): the rest reads as zeroes. */
+            iov_memset(qiov, qiov_offset + done, 0, bytes - done);
+            break;
+        }
+        done += r;
+    }
+    return 0;
+}
+
+/* Writes all of [offset, offset + bytes), resubmitting after short writes. */
+static int coroutine_fn write_fully(FileState *s, int64_t offset, int64_t bytes,
+                                    IOVector *qiov, size_t qiov_offset)
+{
+    int64_t done = 0;
+
+    while (done < bytes) {
+        IOVector part;
+        ssize_t r;
+
+        slice_iov(&part, qiov, qiov_offset + done, bytes - done);
+        r = co_pwritev_fd(s->fd, part.iov, part.niov, offset + done);
+        iov_destroy(&part);
+        if (r == -EINTR || r == -EAGAIN) {
+            continue;
+        }
+        if (r < 0) {
+            return (int)r;
+        }
+        if (r == 0) {
+            return -ENOSPC;     /* no progress: the device is full */
+        }
+        done += r;
+    }
+    return 0;
+}
+
+/* O_DIRECT needs every buffer base and length aligned. */
+static bool needs_bounce(FileState *s, IOVector *qiov, size_t qiov_offset,
+                         int64_t bytes)
+{
+    return s->direct &&
+           !iov_is_aligned(qiov, qiov_offset, bytes,
+                           MAX(s->buf_align, s->req_align));
+}
+
+static void *alloc_bounce(FileState *s, int64_t bytes)
+{
+    void *buf;
+    size_t align = MAX(s->buf_align, s->req_align);
+
+    if (posix_memalign(&buf, MAX(align, sizeof(void *)), bytes)) {
+        return NULL;
+    }
+    return buf;
+}
+
+static int coroutine_fn datasync(FileState *s)
+{
+    int ret = atomic_load_explicit(&s->flush_error, memory_order_relaxed);
+
+    if (ret < 0) {
+        return ret;
+    }
+    do {
+        ret = co_fsync_fd(s->fd, true);
+    } while (ret == -EINTR);
+    if (ret < 0) {
+        atomic_store_explicit(&s->flush_error, ret, memory_order_relaxed);
+    }
+    return ret;
+}
+
+/*
+ * co_preadv — lock: graph read lock (I/O); in flight: yes, any number;
+ * threads: yes, every IOThread at once (submits on the caller's ring).
+ */
+static int coroutine_fn file_co_preadv(BlockNode *bs, int64_t offset,
+                                       int64_t bytes, IOVector *qiov,
+                                       size_t qiov_offset,
+                                       BdrvRequestFlags flags) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+    IOVector bounce_v;
+    void *bounce;
+    int ret;
+
+    if (!needs_bounce(s, qiov, qiov_offset, bytes)) {
+        return read_fully(s, offset, bytes, qiov, qiov_offset);
+    }
+    bounce = alloc_bounce(s, bytes);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    iov_init_buf(&bounce_v, bounce, bytes);
+    ret = read_fully(s, offset, bytes, &bounce_v, 0);
+    if (ret == 0) {
+        iov_from_buf(qiov, qiov_offset, bounce, bytes);
+    }
+    free(bounce);
+    return ret;
+}
+
+/*
+ * co_pwritev — lock: graph read lock (I/O); in flight: yes, any number;
+ * threads: yes, every IOThread at once.  FUA is a write + fdatasync.
+ */
+static int coroutine_fn file_co_pwritev(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, IOVector *qiov,
+                                        size_t qiov_offset,
+                                        BdrvRequestFlags flags) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+    int ret;
+
+    if (!needs_bounce(s, qiov, qiov_offset, bytes)) {
+        ret = write_fully(s, offset, bytes, qiov, qiov_offset);
+    } else {
+        IOVector bounce_v;
+        void *bounce = alloc_bounce(s, bytes);
+        if (!bounce) {
+            return -ENOMEM;
+        }
+        iov_to_buf(qiov, qiov_offset, bounce, bytes);
+        iov_init_buf(&bounce_v, bounce, bytes);
+        ret = write_fully(s, offset, bytes, &bounce_v, 0);
+        free(bounce);
+    }
+    if (ret == 0 && (flags & BDRV_REQ_FUA) && !s->no_flush) {
+        ret = datasync(s);
+    }
+    return ret;
+}
+
+/*
+ * co_flush — lock: graph read lock (I/O); in flight: yes; threads: yes.
+ * fdatasync; a no-op with cache.no-flush.  A failure sticks (datasync).
+ */
+static int coroutine_fn file_co_flush(BlockNode *bs) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+
+    if (s->no_flush) {
+        return 0;
+    }
+    return datasync(s);
+}
+
+static bool mode_unsupported(int ret)
+{
+    return ret == -EOPNOTSUPP || ret == -ENOTSUP || ret == -ENOSYS ||
+           ret == -EINVAL;
+}
+
+/* fallocate through the ring; remembers a mode the filesystem refuses so
+ * later requests skip it.  Returns -ENOTSUP for an unsupported mode. */
+static int coroutine_fn try_fallocate(FileState *s, _Atomic bool *unsupported,
+                                      int mode, int64_t offset, int64_t bytes)
+{
+    int ret;
+
+    if (atomic_load_explicit(unsupported, memory_order_relaxed)) {
+        return -ENOTSUP;
+    }
+    do {
+        ret = co_fallocate_fd(s->fd, mode, offset, bytes);
+    } while (ret == -EINTR || ret == -EAGAIN);
+    if (mode_unsupported(ret)) {
+        atomic_store_explicit(unsupported, true, memory_order_relaxed);
+        return -ENOTSUP;
+    }
+    return ret;
+}
+
+/*
+ * Zeroes by punching a hole.  A hole past the end of a regular file does not
+ * move the end, so the tail beyond it (a file shorter than the node, e.g.
+ * shrunk behind our back) is zeroed with ZERO_RANGE, which grows the file
+ * and never shrinks it, even against concurrent writers.
+ */
+static int coroutine_fn punch_zeroes(FileState *s, int64_t offset, int64_t bytes)
+{
+    struct stat st;
+    int64_t end = offset + bytes;
+    int ret = try_fallocate(s, &s->no_punch_hole,
+                            FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            offset, bytes);
+
+    if (ret < 0 || s->is_blockdev || fstat(s->fd, &st) < 0 || st.st_size >= end) {
+        return ret;
+    }
+    offset = MAX(offset, (int64_t)st.st_size);
+    return try_fallocate(s, &s->no_zero_range, FALLOC_FL_ZERO_RANGE,
+                         offset, end - offset);
+}
+
+/*
+ * co_pwrite_zeroes — lock: graph read lock (I/O); in flight: yes, any number;
+ * threads: yes.  MAY_UNMAP punches a hole, otherwise ZERO_RANGE keeps the
+ * blocks allocated; -ENOTSUP lets io.c fall back to writing zeroes.
+ */
+static int coroutine_fn file_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                              int64_t bytes,
+                                              BdrvRequestFlags flags) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+    /* Block devices refuse modes without KEEP_SIZE; a regular file may
+     * legitimately grow (see punch_zeroes). */
+    int keep = s->is_blockdev ? FALLOC_FL_KEEP_SIZE : 0;
+    int ret = -ENOTSUP;
+
+    if (flags & BDRV_REQ_MAY_UNMAP) {
+        ret = punch_zeroes(s, offset, bytes);
+    }
+    if (ret == -ENOTSUP) {
+        ret = try_fallocate(s, &s->no_zero_range, FALLOC_FL_ZERO_RANGE | keep,
+                            offset, bytes);
+    }
+    return ret;
+}
+
+/*
+ * co_pdiscard — lock: graph read lock (I/O); in flight: yes; threads: yes.
+ * Punches a hole (the range then reads as zeroes).
+ */
+static int coroutine_fn file_co_pdiscard(BlockNode *bs, int64_t offset,
+                                         int64_t bytes) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+
+    return try_fallocate(s, &s->no_punch_hole,
+                         FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         offset, bytes);
+}
+
+/*
+ * Where the run starting at offset ends: *pnum bytes of data (returns true)
+ * or of hole (false).  Anything lseek cannot answer is data.
+ */
+static bool find_run(int fd, int64_t offset, int64_t bytes, int64_t *pnum)
+{
+    off_t data = lseek(fd, offset, SEEK_DATA);
+    off_t end;
+
+    if (data < 0 && errno == ENXIO) {
+        *pnum = bytes;               /* no data from here to the end */
+        return false;
+    }
+    if (data < 0 || data < offset) {
+        *pnum = bytes;               /* cannot tell: say data */
+        return true;
+    }
+    if (data > offset) {
+        *pnum = MIN(bytes, (int64_t)(data - offset));
+        return false;
+    }
+    end = lseek(fd, offset, SEEK_HOLE);
+    if (end <= offset) {
+        *pnum = bytes;               /* raced with a writer, or no answer */
+    } else {
+        *pnum = MIN(bytes, (int64_t)(end - offset));
+    }
+    return true;
+}
+
+/*
+ * co_block_status — lock: graph read lock (I/O); in flight: yes; threads:
+ * yes (lseek on a shared fd does not use the file position).
+ */
+static int coroutine_fn file_co_block_status(BlockNode *bs, int64_t offset,
+                                             int64_t bytes, int64_t *pnum,
+                                             int64_t *map, BlockNode **file)
+    GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+    bool data = s->is_blockdev ? (*pnum = bytes, true)
+                               : find_run(s->fd, offset, bytes, pnum);
+
+    *map = offset;
+    *file = bs;
+    return (data ? BDRV_BLOCK_DATA : BDRV_BLOCK_ZERO) |
+           BDRV_BLOCK_OFFSET_VALID | BDRV_BLOCK_ALLOCATED;
+}
+
+/*
+ * co_truncate — lock: graph read lock (I/O); in flight: yes; threads: one
+ * resize per node at a time (io.c serialises), I/O continues.  A block
+ * device cannot change size: only "truncating" to a length it already
+ * covers is accepted, and the node keeps the device's size.
+ */
+static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
+                                         bool exact, Error **errp) GRAPH_RDLOCK
+{
+    FileState *s = bs->opaque;
+
+    if (s->is_blockdev) {
+        int64_t len = bdrv_getlength(bs);
+        if (offset > len || (exact && offset != len)) {
+            error_setg(errp, "Cannot resize block device '%s'", bs->filename);
+            return -ENOTSUP;
+        }
+        return 0;
+    }
+    if (ftruncate(s->fd, offset) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Failed to resize '%s'", bs->filename);
+        return -err;
+    }
+    atomic_store_explicit(&bs->length, offset, memory_order_release);
+    return 0;
+}
+
+const BlockDriver bdrv_file = {
+    .format_name = "file",
+    .instance_size = sizeof(FileState),
+    .is_protocol = true,
+    .options = file_options,
+
+    .open = file_open,
+    .close = file_close,
+    .set_perm = file_set_perm,
+    .refresh_limits = file_refresh_limits,
+
+    .co_preadv = file_co_preadv,
+    .co_pwritev = file_co_pwritev,
+    .co_pwrite_zeroes = file_co_pwrite_zeroes,
+    .co_pdiscard = file_co_pdiscard,
+    .co_flush = file_co_flush,
+    .co_block_status = file_co_block_status,
+    .co_truncate = file_co_truncate,
+};

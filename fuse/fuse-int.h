@@ -1,0 +1,132 @@
+/*
+ * fuse-int.h — private to the FUSE export (the .c files under fuse/).
+ *
+ * The export is split in three files, one concern each:
+ *   export.c  lifetime: options, block_export_add/del, the queues, the
+ *             reader coroutines and the request buffer pools.
+ *   proto.c   the kernel protocol: decodes one request from /dev/fuse,
+ *             runs it against the backend, writes the reply.
+ *   mount.c   libfuse for mount/unmount only, /proc/self/mountinfo, and
+ *             aborting the connection through fusectl.
+ * mount.c includes libfuse's headers and proto.c <linux/fuse.h>; the two
+ * define some of the same macros, so they never meet in one file.
+ *
+ * Threads: an export is created and deleted by GS code on the main loop.
+ * Each queue (one cloned /dev/fuse fd) lives on one IOThread: its reader
+ * coroutine, its request coroutines and its buffer pool are touched only by
+ * that thread, so the pool needs no lock.  Export-wide state written after
+ * creation (the stored attributes, the negotiated protocol minor) is under
+ * attr_lock or atomic.
+ */
+#ifndef DISKSTACK_FUSE_INT_H
+#define DISKSTACK_FUSE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "block-common.h"
+#include "coroutine/coroutine.h"
+#include "loop/loop.h"
+#include "fuse/export.h"
+
+/* Largest WRITE payload / READ reply we negotiate (max_pages = 256). */
+#define FUSE_EXPORT_MAX_IO      (1024 * 1024)
+#define FUSE_EXPORT_MAX_PAGES   256
+#define FUSE_EXPORT_PAGE        4096
+/*
+ * A request buffer: one page of slack, then 1 MiB + one page for the
+ * request.  The request is read at offset PAGE - FUSE_WRITE_HDR_LEN so that a
+ * WRITE's payload (after fuse_in_header + fuse_write_in = 80 bytes) starts
+ * page-aligned at PAGE, and a READ's data is read to PAGE too: both are then
+ * usable for O_DIRECT without a bounce buffer.  The slack before the request
+ * holds the FuseRequest itself.
+ */
+#define FUSE_WRITE_HDR_LEN      80
+#define FUSE_REQ_OFFSET         (FUSE_EXPORT_PAGE - FUSE_WRITE_HDR_LEN)
+#define FUSE_READ_LEN           (FUSE_EXPORT_MAX_IO + FUSE_EXPORT_PAGE)
+#define FUSE_BUF_SIZE           (FUSE_REQ_OFFSET + FUSE_READ_LEN + FUSE_WRITE_HDR_LEN)
+/* Buffers per queue; when all are in use the reader stops reading. */
+#define FUSE_POOL_MAX           32
+
+typedef struct FuseQueue FuseQueue;
+
+typedef struct FuseMount {
+    void *session;               /* struct fuse_session * (mount.c) */
+    char *path;                  /* absolute path of the mountpoint */
+    unsigned conn_id;            /* fusectl directory name (st_dev) */
+    bool allow_other;
+} FuseMount;
+
+/* One request in flight; lives at the start of its buffer. */
+typedef struct FuseRequest {
+    FuseQueue *q;
+    uint8_t *mem;                /* the buffer (FUSE_BUF_SIZE bytes) */
+    uint8_t *in;                 /* mem + FUSE_REQ_OFFSET: fuse_in_header */
+    size_t len;                  /* bytes read from /dev/fuse */
+} FuseRequest;
+
+struct FuseQueue {
+    BlockExport *exp;
+    int fd;                      /* cloned /dev/fuse fd, O_NONBLOCK */
+    Loop *loop;                  /* the IOThread's loop (or the main loop) */
+    /* Below: only touched on loop's thread. */
+    uint8_t *free_bufs[FUSE_POOL_MAX];
+    int nfree, nalloc;
+    Coroutine *reader_waiting;   /* reader yielded for a free buffer */
+};
+
+struct BlockExport {
+    char *id;
+    BlockBackend *blk;
+    FuseMount mnt;
+    bool writable, growable, writethrough, direct_io;
+
+    FuseQueue *queues;
+    int nqueues;
+
+    /* Serialises growing writes so two of them never shrink each other. */
+    CoMutex grow_lock;
+    /* Kernel protocol minor agreed in INIT (0 before INIT). */
+    _Atomic uint32_t proto_minor;
+
+    /* Attributes setattr may change. */
+    pthread_mutex_t attr_lock;
+    uint32_t mode, uid, gid;
+    struct timespec atime, mtime, ctime;
+
+    /*
+     * Readers and requests alive, plus one reference held until
+     * block_export_del; the one that drops it to zero sets `done`.
+     */
+    _Atomic int active;
+    CoEvent done;
+    _Atomic bool deleting;
+    _Atomic bool gone_reported;
+    void (*gone_cb)(BlockExport *, void *);
+    void *gone_opaque;
+
+    BlockExport *next;           /* GS: the list of exports */
+};
+
+/* export.c — I/O, on the queue's thread. */
+void fuse_export_active_unref(BlockExport *exp);
+
+/* proto.c — I/O, on the queue's thread, in the request's coroutine. */
+void coroutine_fn fuse_handle_request(FuseRequest *req);
+
+/* mount.c — GS. */
+int fuse_mount_file(FuseMount *m, const char *path, bool allow_other,
+                    bool read_only, Error **errp) GS;
+void fuse_unmount_file(FuseMount *m) GS;
+/* Forces the connection down (requests still open fail) via fusectl. */
+void fuse_abort_conn(FuseMount *m) GS;
+int fuse_mount_fd(FuseMount *m) GS;
+/* True if path (absolute) is a mountpoint in /proc/self/mountinfo. */
+bool fuse_path_is_mounted(const char *abs_path) GS;
+/* Absolute path of the file without following a final symlink or stat'ing
+ * the file itself (a dead FUSE mount there would fail with ENOTCONN). */
+char *fuse_abs_path(const char *path) GS;
+
+#endif

@@ -1,0 +1,94 @@
+/*
+ * graph-internal.h — private interfaces between the graph core's files
+ * (graph.c, perm.c, quiesce.c, graph-lock.c, io.c, backend.c, blockdev.c,
+ * options.c).  Not for drivers, exports or jobs.
+ */
+#ifndef DISKSTACK_GRAPH_INTERNAL_H
+#define DISKSTACK_GRAPH_INTERNAL_H
+
+#include <pthread.h>
+#include "block-gs.h"
+#include "block-io.h"
+#include "driver.h"
+
+typedef struct TrackedReq TrackedReq;
+
+/*
+ * The core's per-node state, around the public BlockNode (graph.c allocates
+ * every node as a NodeState; node_state() gets back to it).
+ */
+typedef struct NodeState {
+    BlockNode bs;
+    bool monitor_owned;      /* GS: opened by blockdev-add, not nested */
+    bool no_flush;           /* cache.no-flush: flush does not reach the driver */
+    bool force_share;        /* force-share: share everything on children */
+    /* io.c: writes in flight on a node with request_alignment > 1, in
+     * arrival order, so that read-modify-write cycles are serialised. */
+    pthread_mutex_t req_lock;
+    TrackedReq *tracked_head, *tracked_tail;
+    CoMutex truncate_lock;   /* io.c: one resize at a time per node */
+} NodeState;
+
+static inline NodeState *node_state(BlockNode *bs)
+{
+    return container_of(bs, NodeState, bs);
+}
+
+/* graph.c — the driver registry is written only at start-up (block_init),
+ * so reading it is legal anywhere afterwards. */
+const BlockDriver *driver_lookup(const char *name);
+
+/* graph.c: attach an edge from a parent that is not a node (a backend, a
+ * job).  The edge takes a reference on child.  Checks permissions. */
+BlockChild *bdrv_root_attach_child(BlockNode *child, const char *name,
+                                   BdrvChildRole role,
+                                   const BlockChildClass *klass, void *opaque,
+                                   uint64_t perm, uint64_t shared,
+                                   Error **errp) GS;
+/* graph.c: detaches any edge (node or root parent), drops its permissions
+ * and the reference it held. */
+void coroutine_fn bdrv_co_detach_child(BlockChild *c) GS;
+
+/* perm.c: after the parents of bs changed their perms, recomputes and
+ * applies the perms of every edge below bs, calling drivers' set_perm.
+ * On failure everything below bs is as it was. */
+int perm_refresh_node(BlockNode *bs, Error **errp) GRAPH_RDLOCK GS;
+/* perm.c: what a node parent takes and shares on child edge c. */
+void perm_for_child(BlockNode *parent, BlockChild *c,
+                    uint64_t *perm, uint64_t *shared) GRAPH_RDLOCK GS;
+
+/* quiesce.c: a waiter for "the requests I wait on have completed". */
+/* Thread-safe, cheap when nobody waits: called by io.c and backend.c
+ * whenever an in-flight counter drops to zero. */
+void bdrv_notify_idle(void);
+/* Yields until cond(opaque) is true; re-checked after every notification.
+ * I/O or GS, any coroutine. */
+void coroutine_fn wait_until_idle(bool (*cond)(void *opaque), void *opaque);
+/* quiesce.c: a new edge below a quiesced node inherits its sections; a
+ * removed edge gives them back. */
+void bdrv_parent_quiesce_begin_one(BlockChild *c) GRAPH_RDLOCK GS;
+void bdrv_parent_quiesce_end_one(BlockChild *c) GRAPH_RDLOCK GS;
+
+/* graph-lock.c */
+bool graph_wrlock_held(void);
+
+/* io.c: in-flight accounting of a node (thread-safe).  A filter that holds
+ * requests in a queue of its own may uncount them while they wait. */
+void bdrv_inc_in_flight(BlockNode *bs);
+void bdrv_dec_in_flight(BlockNode *bs);
+
+/* backend.c, for tests: fn(opaque) runs (on the requesting thread) each time
+ * a request is held because the backend is quiesced. */
+void blk_set_hold_notifier(BlockBackend *blk, void (*fn)(void *), void *opaque);
+
+
+
+/* blockdev.c: dotted-key access to definitions ("cache.direct").  Pure. */
+json_t *opt_lookup(json_t *opts, const char *dotted);
+/* Sets a dotted key, creating nested objects; steals val. */
+void opt_set(json_t *opts, const char *dotted, json_t *val);
+/* Copies the options a nested child definition inherits from its parent's
+ * (read-only, auto-read-only, cache.direct, cache.no-flush) unless the
+ * child sets them itself. */
+void opts_inherit(json_t *child_def, json_t *parent_opts);
+#endif
