@@ -53,6 +53,7 @@ static const BlockOptionDesc raw_options[] = {
     { NULL },
 };
 
+/* Both (pure). */
 static bool has_window(const RawState *s)
 {
     return s->offset || s->has_size;
@@ -73,6 +74,7 @@ static int raw_probe(const uint8_t *buf, int len, const char *filename)
 
 static void find_probers(RawState *s) GS
 {
+    GS_CODE();
     s->nprobers = 0;
     for (size_t i = 0; i < ARRAY_SIZE(guarded_formats); i++) {
         const BlockDriver *drv = bdrv_find_driver(guarded_formats[i]);
@@ -82,7 +84,8 @@ static void find_probers(RawState *s) GS
     }
 }
 
-/* Checks offset/size against the file (QEMU's rules and messages). */
+/* GS helper of open (pure): checks offset/size against the file, with
+ * QEMU's rules and messages. */
 static int check_window(RawState *s, int64_t offset, bool has_size, int64_t size,
                         int64_t file_len, Error **errp)
 {
@@ -217,7 +220,7 @@ static void raw_refresh_limits(BlockNode *bs) GS
  * I/O (thread-safe)
  */
 
-/* Shifts a request into the window; refuses what leaves it (io.c checks the
+/* I/O: shifts a request into the window; refuses what leaves it (io.c checks the
  * node length already, this keeps the window safe on its own). */
 static int window_offset(BlockNode *bs, int64_t *offset, int64_t bytes,
                          bool is_write)
@@ -235,11 +238,13 @@ static int window_offset(BlockNode *bs, int64_t *offset, int64_t bytes,
     return 0;
 }
 
+/* I/O (pure). */
 static bool touches_sector0(BlockNode *bs, int64_t offset, int64_t bytes)
 {
     return bs->probed && offset < PROBE_SECTOR && bytes > 0;
 }
 
+/* I/O: probe callbacks are pure functions; the list was built at open. */
 static bool probes_as_raw(RawState *s, const uint8_t *buf, int len,
                           const char *filename)
 {

@@ -37,8 +37,8 @@ struct BlockBackend {
     void *ops_opaque;
 
     _Atomic int in_flight;
-    pthread_mutex_t hold_lock;       /* guards the two fields below */
-    int quiesce_counter;
+    pthread_mutex_t hold_lock;       /* guards held, and writes of the counter */
+    _Atomic int quiesce_counter;     /* read without the lock on the fast path */
     HeldReq *held;
     void (*hold_notify)(void *);     /* tests */
     void *hold_notify_opaque;
@@ -246,16 +246,14 @@ static bool coroutine_fn blk_wait_unquiesced(BlockBackend *blk)
  * Counts the request first, then checks for a section: a quiescing waiter
  * that raised the counter either sees this request in flight, or this
  * request sees the counter and steps back out (un-counting, which wakes the
- * waiter) to wait.
+ * waiter) to wait.  Both sides use sequentially consistent atomics, so the
+ * common case costs no lock; blk_wait_unquiesced() re-checks under it.
  */
 static void coroutine_fn blk_enter(BlockBackend *blk)
 {
     for (;;) {
         atomic_fetch_add(&blk->in_flight, 1);
-        pthread_mutex_lock(&blk->hold_lock);
-        bool quiesced = blk->quiesce_counter > 0;
-        pthread_mutex_unlock(&blk->hold_lock);
-        if (!quiesced) {
+        if (atomic_load(&blk->quiesce_counter) == 0) {
             return;
         }
         blk_dec_in_flight(blk);

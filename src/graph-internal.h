@@ -22,12 +22,17 @@ typedef struct NodeState {
     bool monitor_owned;      /* GS: opened by blockdev-add, not nested */
     bool no_flush;           /* cache.no-flush: flush does not reach the driver */
     bool force_share;        /* force-share: share everything on children */
+    int detect_zeroes;       /* DETECT_ZEROES_*: all-zero writes become zeroes */
     /* io.c: writes in flight on a node with request_alignment > 1, in
      * arrival order, so that read-modify-write cycles are serialised. */
     pthread_mutex_t req_lock;
     TrackedReq *tracked_head, *tracked_tail;
+    _Atomic int serialising;   /* read-modify-writes in progress */
+    _Atomic int fast_writes;   /* aligned writes in flight outside the list */
     CoMutex truncate_lock;   /* io.c: one resize at a time per node */
 } NodeState;
+
+enum { DETECT_ZEROES_OFF, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
 
 static inline NodeState *node_state(BlockNode *bs)
 {

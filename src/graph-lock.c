@@ -62,8 +62,8 @@ void io_code_failed(const char *func)
     abort();
 }
 
-/* Implements the assertion the analysis relies on. */
-void graph_lock_assert_rdlocked(void) NO_THREAD_SAFETY_ANALYSIS
+/* The run-time half of the assertion the analysis relies on. */
+void graph_lock_assert_rdlocked(void)
 {
     if (!graph_rdlock_held()) {
         io_code_failed("graph_lock_assert_rdlocked");

@@ -523,6 +523,9 @@ static NodeState *node_new(const BlockDriver *drv, json_t *opts, const char *nam
     bs->open_shared = BLK_PERM_ALL;
     ns->no_flush = opt_bool(opts, "cache.no-flush", false);
     ns->force_share = opt_bool(opts, "force-share", false);
+    const char *dz = opt_str(opts, "detect-zeroes", "off");
+    ns->detect_zeroes = !strcmp(dz, "unmap") ? DETECT_ZEROES_UNMAP :
+                        !strcmp(dz, "on") ? DETECT_ZEROES_ON : DETECT_ZEROES_OFF;
     pthread_mutex_init(&ns->req_lock, NULL);
     co_mutex_init(&ns->truncate_lock);
     return ns;

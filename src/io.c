@@ -25,11 +25,18 @@
  * goes on to the children).
  *
  * Serialisation of read-modify-write: on nodes with request_alignment > 1,
- * every write registers its (aligned) range in the node's list in arrival
+ * writes register their (aligned) range in the node's list in arrival
  * order.  A request waits for each earlier overlapping request when either
  * of the two is a read-modify-write.  Waiting only for earlier requests
  * makes the waits acyclic.  Nodes with alignment 1 never do RMW and skip
  * the list entirely.
+ *
+ * The list costs a lock per write, so aligned writes skip it while no RMW is
+ * in progress on the node: they only count themselves in `fast_writes`.  An
+ * RMW first raises `serialising` (from then on new writes take the list),
+ * then waits until the uncounted fast writes have drained, then registers.
+ * Both sides raise their own counter before reading the other's, with
+ * sequentially consistent atomics, so no write slips between the two.
  */
 #include <assert.h>
 #include <errno.h>
@@ -37,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "graph-internal.h"
+#include "loop/loop.h"
 
 /* ---- in-flight accounting ---- */
 
@@ -193,6 +201,62 @@ static void track_end(BlockNode *bs, TrackedReq *req)
         ReqWaiter *next = w->next;   /* w lives on the waiter's stack */
         co_wake(w->co);
         w = next;
+    }
+}
+
+/* The fast path and the choice between the two (see the top). */
+typedef struct WriteReq {
+    TrackedReq tr;
+    bool tracked, fast, serialising;
+} WriteReq;
+
+static void fast_write_end(NodeState *ns)
+{
+    if (atomic_fetch_sub(&ns->fast_writes, 1) == 1) {
+        bdrv_notify_idle();
+    }
+}
+
+static bool no_fast_writes(void *opaque)
+{
+    NodeState *ns = opaque;
+    return atomic_load(&ns->fast_writes) == 0;
+}
+
+static void coroutine_fn write_begin(BlockNode *bs, WriteReq *w, int64_t offset,
+                                     int64_t bytes, bool serialising)
+{
+    NodeState *ns = node_state(bs);
+    *w = (WriteReq){ .serialising = serialising };
+    if (!track_needed(bs)) {
+        return;
+    }
+    if (!serialising) {
+        atomic_fetch_add(&ns->fast_writes, 1);
+        if (atomic_load(&ns->serialising) == 0) {
+            w->fast = true;
+            return;
+        }
+        fast_write_end(ns);
+    } else {
+        atomic_fetch_add(&ns->serialising, 1);
+        wait_until_idle(no_fast_writes, ns);
+    }
+    w->tracked = true;
+    track_begin(bs, &w->tr, offset, bytes, serialising);
+}
+
+static void write_end(BlockNode *bs, WriteReq *w)
+{
+    NodeState *ns = node_state(bs);
+    if (w->fast) {
+        fast_write_end(ns);
+    }
+    if (w->tracked) {
+        track_end(bs, &w->tr);
+        if (w->serialising) {
+            atomic_fetch_sub(&ns->serialising, 1);
+        }
     }
 }
 
@@ -383,21 +447,24 @@ int coroutine_fn bdrv_co_pwritev(BlockChild *child, int64_t offset, int64_t byte
     if (qiov_offset + bytes > qiov->size) {
         return -EINVAL;
     }
+    int dz = node_state(bs)->detect_zeroes;
+    if (dz != DETECT_ZEROES_OFF && iov_is_zero(qiov, qiov_offset, bytes)) {
+        /* detect-zeroes: the write becomes a write-zeroes request */
+        BdrvRequestFlags zf = (flags & BDRV_REQ_FUA) |
+                              (dz == DETECT_ZEROES_UNMAP ? BDRV_REQ_MAY_UNMAP : 0);
+        return bdrv_co_pwrite_zeroes(child, offset, bytes, zf);
+    }
     int64_t align = node_align(bs);
     bool aligned = IS_ALIGNED(offset, align) && IS_ALIGNED(bytes, align);
-    TrackedReq req;
+    WriteReq w;
     bdrv_inc_in_flight(bs);
-    if (track_needed(bs)) {
-        track_begin(bs, &req, offset, bytes, !aligned);
-    }
+    write_begin(bs, &w, offset, bytes, !aligned);
     if (aligned) {
         ret = drv_write(bs, offset, bytes, qiov, qiov_offset, flags);
     } else {
         ret = write_unaligned(bs, offset, bytes, qiov, qiov_offset, flags);
     }
-    if (track_needed(bs)) {
-        track_end(bs, &req);
-    }
+    write_end(bs, &w);
     bdrv_dec_in_flight(bs);
     return ret;
 }
@@ -524,19 +591,15 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockChild *child, int64_t offset,
     if (!aligned && (flags & BDRV_REQ_NO_FALLBACK)) {
         return -ENOTSUP;
     }
-    TrackedReq req;
+    WriteReq w;
     bdrv_inc_in_flight(bs);
-    if (track_needed(bs)) {
-        track_begin(bs, &req, offset, bytes, !aligned);
-    }
+    write_begin(bs, &w, offset, bytes, !aligned);
     if (aligned) {
         ret = zero_aligned(bs, offset, bytes, flags);
     } else {
         ret = zero_unaligned(bs, offset, bytes, flags);
     }
-    if (track_needed(bs)) {
-        track_end(bs, &req);
-    }
+    write_end(bs, &w);
     bdrv_dec_in_flight(bs);
     return ret;
 }
@@ -562,17 +625,13 @@ int coroutine_fn bdrv_co_pdiscard(BlockChild *child, int64_t offset, int64_t byt
         return 0;
     }
     int64_t max = piece_max(bs->bl.max_pdiscard, align);
-    TrackedReq req;
+    WriteReq w;
     bdrv_inc_in_flight(bs);
-    if (track_needed(bs)) {
-        track_begin(bs, &req, start, end - start, false);
-    }
+    write_begin(bs, &w, start, end - start, false);
     for (int64_t off = start; off < end && ret == 0; off += max) {
         ret = bs->drv->co_pdiscard(bs, off, MIN(max, end - off));
     }
-    if (track_needed(bs)) {
-        track_end(bs, &req);
-    }
+    write_end(bs, &w);
     bdrv_dec_in_flight(bs);
     return ret;
 }
@@ -692,6 +751,32 @@ int coroutine_fn bdrv_co_block_status(BlockNode *bs, bool want_chain,
 
 /* ---- truncate ---- */
 
+/*
+ * Tells the parents that are not nodes (backends, jobs) that the length
+ * changed.  Their resize hook is GS, so it runs in a bottom half on the main
+ * loop; the node stays counted in flight until then, which keeps it from
+ * being closed (closing drains first).
+ */
+static void resize_notify_bh(void *opaque)
+{
+    BlockNode *bs = opaque;
+    global_lock_assert_held();
+    bdrv_graph_rdlock_main_loop();
+    for (BlockChild *c = bs->parents; c; c = c->next_parent) {
+        if (!c->parent_node && c->klass && c->klass->resize) {
+            c->klass->resize(c);
+        }
+    }
+    bdrv_graph_rdunlock_main_loop();
+    bdrv_dec_in_flight(bs);
+}
+
+static void resize_notify(BlockNode *bs)
+{
+    bdrv_inc_in_flight(bs);
+    loop_schedule(loop_main(), resize_notify_bh, bs);
+}
+
 int coroutine_fn bdrv_co_truncate(BlockChild *child, int64_t offset, bool exact,
                                   Error **errp)
 {
@@ -723,6 +808,9 @@ int coroutine_fn bdrv_co_truncate(BlockChild *child, int64_t offset, bool exact,
     int ret = bs->drv->co_truncate(bs, offset, exact, errp);
     if (ret == 0 && exact && bdrv_getlength(bs) == old) {
         atomic_store(&bs->length, offset);
+    }
+    if (ret == 0 && bdrv_getlength(bs) != old) {
+        resize_notify(bs);
     }
     co_mutex_unlock(&ns->truncate_lock);
     bdrv_dec_in_flight(bs);

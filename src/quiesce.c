@@ -174,11 +174,9 @@ void bdrv_quiesce_end(BlockNode *bs)
     bdrv_graph_rdunlock_main_loop();
 }
 
-/* Node drain: nothing may be in flight in bs or above when it returns.
- * Used before a node is closed; the caller ends the section when done (or
- * frees the node).  The section is left open on purpose for close paths:
- * here it is closed at once, since closing a node with parents never
- * happens (its parents hold references). */
+/* Node drain (meaning 3): when it returns, nothing is in flight in bs or
+ * above it.  Used before a node is closed, when it has no parents left that
+ * could send new requests, so the section can end at once. */
 void coroutine_fn bdrv_co_drain_node(BlockNode *bs)
 {
     GS_CODE();

@@ -354,9 +354,9 @@ int coroutine_fn qcow2_read_header(Qcow2State *s, BlockChild *file, Error **errp
     derive_geometry(s);
     avail = MIN(avail, s->cluster_size);
     uint64_t ext_end = backing_off && backing_off < avail ? backing_off : avail;
-    if (s->version == 3) {
-        ret = parse_extensions(s, hdr, s->header_length, ext_end, errp);
-    }
+    /* Version 2 images have extensions too (QEMU writes the backing format
+     * extension for them), right after the 72-byte header. */
+    ret = parse_extensions(s, hdr, s->header_length, ext_end, errp);
     if (!ret && backing_off) {
         ret = read_backing_name(s, hdr, avail, backing_off, backing_len, errp);
     }

@@ -836,6 +836,9 @@ static int coroutine_fn GRAPH_RDLOCK load_metadata(BlockNode *bs, json_t *option
     if (ret == 0) {
         ret = qcow2_load_l1(s, errp);
     }
+    if (ret == 0) {
+        ret = qcow2_load_snapshots(s, errp);
+    }
     if (ret < 0) {
         return ret;
     }
@@ -910,6 +913,7 @@ static void free_state(Qcow2State *s)
     qcow2_cache_free(s->rb_cache);
     free(s->l1);
     free(s->rt);
+    qcow2_free_snapshots(s);
     qcow2_free_header(s);
     s->l2_cache = s->rb_cache = NULL;
     s->l1 = s->rt = NULL;

@@ -103,6 +103,19 @@ typedef struct Qcow2Feature {
 
 typedef struct Qcow2Cache Qcow2Cache;
 
+/* An internal snapshot (snapshot table entry). */
+typedef struct Qcow2Snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id, *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t disk_size;
+    uint32_t extra_size;
+    uint8_t *extra;               /* kept verbatim: unknown fields survive */
+} Qcow2Snapshot;
+
 /* A guest cluster range an allocating write is filling. */
 typedef struct Qcow2Alloc {
     uint64_t first_cluster, nb_clusters;   /* guest cluster indices */
@@ -133,6 +146,10 @@ typedef struct Qcow2State {
     Qcow2UnknownExt *unknown_exts;
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
+    /* Snapshots: changed only by snapshot.c (GS, node quiesced, s->lock). */
+    Qcow2Snapshot *snaps;
+    int nb_snap;
+    uint64_t snap_table_bytes;
 
     /* Guarded by lock. */
     CoMutex lock;
@@ -320,6 +337,28 @@ int coroutine_fn qcow2_co_write_compressed(BlockNode *bs, uint64_t offset, uint6
                                            IOVector *qiov, size_t qoff) GRAPH_RDLOCK;
 /* The host cluster at this offset was freed: forget it as packing tail. */
 void qcow2_compress_tail_freed(Qcow2State *s, uint64_t host_cluster_off);
+
+/*
+ * snapshot.c
+ */
+/* Reads and checks the snapshot table (open). */
+int coroutine_fn qcow2_load_snapshots(Qcow2State *s, Error **errp) GRAPH_RDLOCK;
+void qcow2_free_snapshots(Qcow2State *s);
+
+typedef struct Qcow2SnapshotInfo {
+    char id[128];
+    char name[1024];
+    uint64_t date_sec, date_nsec, vm_clock_nsec, vm_state_size, disk_size;
+} Qcow2SnapshotInfo;
+/* Internal snapshots (for `diskstack img snapshot`).  GS: in a coroutine on
+ * the main loop; each quiesces the node itself.  bs must be a qcow2 node. */
+int coroutine_fn qcow2_snapshot_create(BlockNode *bs, const char *name, Error **errp) GS;
+int coroutine_fn qcow2_snapshot_apply(BlockNode *bs, const char *id_or_name,
+                                      Error **errp) GS;
+int coroutine_fn qcow2_snapshot_delete(BlockNode *bs, const char *id_or_name,
+                                       Error **errp) GS;
+/* *out: a calloc'ed array (free() it); returns the count or -errno. */
+int qcow2_snapshot_list(BlockNode *bs, Qcow2SnapshotInfo **out) GS;
 
 /*
  * Image creation (for `diskstack img create`).  GS: runs in a coroutine on

@@ -18,6 +18,10 @@
  * still mounted or left stale by a killed diskstack, no access to /dev/fuse)
  * are checked before the runtime starts, so they get a message naming the
  * way out and leave nothing behind.
+ *
+ * Threading: functions marked GS run in coroutines on the main loop with the
+ * global lock (the daemon's start-up); the others run on the main thread
+ * before the runtime exists and touch no block-layer state.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -92,7 +96,7 @@ static void format_size(int64_t bytes, char *buf, size_t len)
     }
 }
 
-/* Pure: prints one line and returns false when IMAGE cannot be used. */
+/* Prints one line and returns false when IMAGE cannot be used. */
 static bool check_image(const MountArgs *a, struct stat *st)
 {
     if (stat(a->image, st) < 0) {
@@ -297,7 +301,8 @@ static void mount_gone(BlockExport *exp, void *opaque)
     daemon_shutdown(EXIT_OK);
 }
 
-static void print_mounted(const MountArgs *a, BlockNode *bs)
+/* GS: the one line that says where the image is and how to stop. */
+static void print_mounted(const MountArgs *a, BlockNode *bs) GS
 {
     char size[32];
 

@@ -16,6 +16,10 @@
  * IOThreads: --iothreads N creates "iothread0".."iothreadN-1".  Without it,
  * one per CPU — unless --object iothread is given, in which case exactly the
  * named ones exist (as with qemu-storage-daemon).
+ *
+ * Threading: functions marked GS run in coroutines on the main loop with the
+ * global lock; the others run on the main thread before the runtime exists
+ * (argument parsing) or after it stopped (cleanup).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -197,6 +201,7 @@ static void coroutine_fn delete_gone_export_co(void *opaque)
     free(id);
 }
 
+/* Main loop (GS): the export's gone callback. */
 static void serve_gone(BlockExport *exp, void *opaque)
 {
     global_lock_assert_held();

@@ -195,6 +195,10 @@ static void co_start(void *arg)
     if (co->rdlock_depth != 0) {
         co_die("coroutine ended holding the graph read lock");
     }
+    if (atomic_load_explicit(&co->wake_pending, memory_order_acquire)) {
+        /* Its wake-up would enter a freed (or reused) coroutine. */
+        co_die("coroutine ended with a co_wake() pending");
+    }
     co->state = CO_DEAD;
     co_switch(co, co->caller);
     /* A dead coroutine's stack is prepared afresh before reuse. */

@@ -14,7 +14,7 @@
     .type co_switch_asm, @function
     .p2align 4
 co_switch_asm:
-    .cfi_startproc
+    /* No CFI here: halfway through, rsp belongs to the other stack. */
     pushq %rbp
     pushq %rbx
     pushq %r12
@@ -36,7 +36,6 @@ co_switch_asm:
     popq %rbx
     popq %rbp
     ret
-    .cfi_endproc
     .size co_switch_asm, .-co_switch_asm
 
 /*

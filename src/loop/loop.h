@@ -85,6 +85,28 @@ int coroutine_fn co_poll_fd(int fd, int events);
 ssize_t coroutine_fn co_read_fd(int fd, void *buf, size_t len);
 
 /*
+ * Blocking calls on a worker thread (thread-pool.c).
+ *
+ * co_run_blocking() runs fn(opaque) on a thread of one process-wide pool and
+ * yields until it returns; the worker wakes the coroutine with co_wake(), so
+ * it resumes on its home loop.  Returns fn's result.  For system calls that
+ * block or that io_uring serves badly (see protocols/file.c).  No allocation
+ * per call: the job record lives on the caller's stack.  Workers are started
+ * on demand up to a cap, idle ones exit after a few seconds, calls queue FIFO
+ * while all are busy; the pool stops (joining every worker) at exit.
+ *
+ * Thread-safety: any coroutine on any thread with a loop.  fn runs on a
+ * thread without a loop or coroutines: it must not call co_ or loop_
+ * functions (except the thread-safe ones).
+ */
+int coroutine_fn co_run_blocking(int (*fn)(void *opaque), void *opaque);
+/* Tests and tuning; thread-safe.  max_workers >= 1; idle_ns > 0.  Lowering
+ * the cap does not stop busy workers, it only keeps new ones from starting. */
+void thread_pool_set_limits(int max_workers, int64_t idle_ns);
+/* Workers alive right now (busy or idle); thread-safe. */
+int thread_pool_worker_count(void);
+
+/*
  * IOThreads: a thread running its own Loop.
  */
 typedef struct IOThread IOThread;

@@ -81,7 +81,8 @@ static const BlockOptionDesc file_options[] = {
  * Image locking (GS)
  */
 
-/* Takes (shared) or drops the OFD lock on one byte.  Returns 0 or -errno. */
+/* Both (a syscall): takes (shared) or drops the OFD lock on one byte.
+ * Returns 0 or -errno. */
 static int lock_byte(int fd, int byte, bool lock)
 {
     struct flock fl = {
@@ -93,7 +94,8 @@ static int lock_byte(int fd, int byte, bool lock)
     return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
 }
 
-/* -EAGAIN if another open file description holds a lock on byte. */
+/* Both (a syscall): -EAGAIN if another open file description holds a lock
+ * on byte. */
 static int byte_locked_by_others(int fd, int byte)
 {
     struct flock fl = {
@@ -111,8 +113,9 @@ static int byte_locked_by_others(int fd, int byte)
 /* Brings one set of lock bytes (base + i) to `want`; with !unlock it only
  * adds locks (the prepare step keeps the old ones until the new are checked). */
 static int apply_lock_set(int fd, int base, uint64_t want, uint64_t *locked,
-                          bool unlock, Error **errp)
+                          bool unlock, Error **errp) GS
 {
+    GS_CODE();
     for (int i = 0; i < NUM_PERMS; i++) {
         uint64_t bit = 1ull << i;
         bool have = *locked & bit;
@@ -139,8 +142,9 @@ static int apply_lock_set(int fd, int base, uint64_t want, uint64_t *locked,
 }
 
 static int apply_lock_bytes(FileState *s, uint64_t perm, uint64_t unshared,
-                            bool unlock, Error **errp)
+                            bool unlock, Error **errp) GS
 {
+    GS_CODE();
     int ret = apply_lock_set(s->fd, LOCK_PERM_BASE, perm, &s->locked_perm,
                              unlock, errp);
     if (ret < 0) {
@@ -150,6 +154,7 @@ static int apply_lock_bytes(FileState *s, uint64_t perm, uint64_t unshared,
                           &s->locked_unshared, unlock, errp);
 }
 
+/* Both (pure). */
 static void set_lock_error(Error **errp, int ret, bool shared, uint64_t bit)
 {
     const char *fmt = shared ? "Failed to get shared \"%s\" lock"
@@ -164,8 +169,9 @@ static void set_lock_error(Error **errp, int ret, bool shared, uint64_t bit)
 /* Does anybody else hold what we want or need unshared?  QEMU's order and
  * wording: taken permissions first, then the ones we refuse to share. */
 static int check_lock_bytes(int fd, uint64_t perm, uint64_t shared,
-                            Error **errp)
+                            Error **errp) GS
 {
+    GS_CODE();
     for (int i = 0; i < NUM_PERMS; i++) {
         uint64_t bit = 1ull << i;
         int ret;
@@ -228,8 +234,9 @@ static int file_set_perm(BlockNode *bs, uint64_t perm, uint64_t shared,
 /* At open: does this filesystem do OFD locks?  locking=auto quietly turns
  * locking off where it does not (QEMU does the same). */
 static int check_locking_works(FileState *s, const char *mode,
-                               const char *filename, Error **errp)
+                               const char *filename, Error **errp) GS
 {
+    GS_CODE();
     int ret = byte_locked_by_others(s->fd, LOCK_PERM_BASE);
 
     if (ret == 0 || ret == -EAGAIN) {
@@ -247,8 +254,9 @@ static int check_locking_works(FileState *s, const char *mode,
  * Open and close (GS)
  */
 
-static int get_length(FileState *s, const struct stat *st, int64_t *len)
+static int get_length(FileState *s, const struct stat *st, int64_t *len) GS
 {
+    GS_CODE();
     if (s->is_blockdev) {
         uint64_t bytes;
         if (ioctl(s->fd, BLKGETSIZE64, &bytes) < 0) {
@@ -261,7 +269,8 @@ static int get_length(FileState *s, const struct stat *st, int64_t *len)
     return 0;
 }
 
-/* A read of len bytes at offset 0 into buf succeeds under O_DIRECT?
+/* GS helper of open (a syscall).  A read of len bytes at offset 0 into buf
+ * succeeds under O_DIRECT?
  * EINVAL is the kernel's answer to misalignment; any other outcome means
  * the alignment is fine (a real I/O error is not what we probe). */
 static bool direct_read_ok(int fd, void *buf, size_t len)
@@ -275,8 +284,9 @@ static bool direct_read_ok(int fd, void *buf, size_t len)
  * without any check, so "1 works" may mean "could not tell": then 4096,
  * which is always safe.
  */
-static int probe_direct_alignment(FileState *s, Error **errp)
+static int probe_direct_alignment(FileState *s, Error **errp) GS
 {
+    GS_CODE();
     static const size_t aligns[] = { 1, 512, 1024, 2048, 4096 };
     unsigned int sector;
     char *buf;
@@ -311,8 +321,9 @@ static int probe_direct_alignment(FileState *s, Error **errp)
 
 /* Reads the driver's own options; errors name the option. */
 static int parse_options(FileState *s, json_t *options, const char **filename,
-                         const char **locking, Error **errp)
+                         const char **locking, Error **errp) GS
 {
+    GS_CODE();
     const char *aio = opt_str(options, "aio", "io_uring");
 
     *filename = opt_str(options, "filename", NULL);
@@ -333,8 +344,9 @@ static int parse_options(FileState *s, json_t *options, const char **filename,
 }
 
 static int open_image_fd(FileState *s, const char *filename, bool read_only,
-                         struct stat *st, Error **errp)
+                         struct stat *st, Error **errp) GS
 {
+    GS_CODE();
     int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
 
     if (s->direct) {

@@ -103,9 +103,13 @@ stop_daemon() {
 }
 
 # utime+stime of a whole process (all threads), in clock ticks.
+# 0 with no daemon (or a dead one: its fio run fails and is left out).
 cpu_ticks() {
-    [ -n "$1" ] || { echo 0; return; }
-    sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+    if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+        sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+    else
+        echo 0
+    fi
 }
 
 WORKLOADS=(
@@ -174,7 +178,7 @@ DISKSTACK="$BUILD/diskstack"
 # (diskstack's default is one IOThread per core).
 DS_EXTRA=()
 [ -z "$IOTHREADS" ] || DS_EXTRA=(--iothreads "$IOTHREADS")
-echo "run.sh: diskstack serve ${DS_EXTRA[*]}" >&2
+echo "run.sh: diskstack serve${DS_EXTRA[*]:+ ${DS_EXTRA[*]}}" >&2
 if [ ! -x "$DISKSTACK" ]; then
     echo "run.sh: $DISKSTACK not built; skipping diskstack" >&2
 elif start_daemon diskstack "$DISKSTACK" serve "${DEFS[@]}" "${DS_EXTRA[@]}"; then

@@ -269,6 +269,24 @@ def case_mount_unmount():
         check(os.path.isfile(f), "a FILE that existed before was removed")
 
 
+def case_mount_killed():
+    """A killed mount leaves a dead mount: the next mount says how to clear
+    it, fusermount3 -u clears it, and then mounting works again."""
+    need_fuse()
+    with Workdir() as w:
+        img, f = w.path("disk.raw"), w.path("disk.img")
+        make_image(img)
+        d, _ = mount_and_wait(w, [img, f], f)
+        d.p.kill()
+        d.p.wait()
+        expect_error(["mount", img, f], 1, "fusermount3 -u")
+        subprocess.run(["fusermount3", "-u", f], check=True, timeout=TIMEOUT)
+        d, _ = mount_and_wait(w, [img, f], f)
+        with open(f, "rb") as a:
+            check(a.read(18) == b"diskstack cli test", "content after remount")
+        check(d.stop() == 0, "remount did not exit cleanly")
+
+
 def case_mount_locked():
     """A second writable mount of the same image fails on the lock."""
     need_fuse()

@@ -255,9 +255,10 @@ class Daemon:
     mount and no process behind.
     """
 
-    def __init__(self, args, mountpoint, tmpdir, name='diskstack'):
+    def __init__(self, args, mountpoint, tmpdir, name='diskstack', cwd=None):
         self.args = args
-        self.mountpoint = os.path.abspath(mountpoint)
+        self.cwd = cwd
+        self.mountpoint = os.path.abspath(os.path.join(cwd or '', mountpoint))
         self.stderr_path = os.path.join(
             tmpdir, '%s-%d.stderr' % (name, random.randrange(1 << 30)))
         self.proc = None
@@ -266,7 +267,7 @@ class Daemon:
         self._stderr = open(self.stderr_path, 'wb')
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
-                                     stderr=self._stderr,
+                                     stderr=self._stderr, cwd=self.cwd,
                                      start_new_session=True)
         if wait_mounted:
             self.wait_mounted()
@@ -426,11 +427,11 @@ class FuseTestCase(unittest.TestCase):
             write_at(p, off, b)
         return p
 
-    def mount(self, image, mountpoint=None, opts=(), wait=True):
+    def mount(self, image, mountpoint=None, opts=(), wait=True, cwd=None):
         """Starts `diskstack mount [opts] IMAGE FILE` and waits for the mount."""
         mountpoint = mountpoint or self.path('disk.img')
         d = Daemon([diskstack_bin(), 'mount'] + list(opts) + [image, mountpoint],
-                   mountpoint, self.tmp)
+                   mountpoint, self.tmp, cwd=cwd)
         self.daemons.append(d)
         return d.start(wait_mounted=wait)
 

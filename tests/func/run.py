@@ -137,6 +137,11 @@ def run_one(test_id, env, run_tmp, timeout):
         except subprocess.TimeoutExpired:
             reap_after_timeout(child, test_tmp)
             rc, timed_out = None, True
+        except KeyboardInterrupt:
+            # The child runs in its own session and did not see the ^C.
+            reap_after_timeout(child, test_tmp)
+            shutil.rmtree(test_tmp, ignore_errors=True)
+            raise
         log.seek(0)
         output = log.read().decode(errors='replace')
     seconds = time.monotonic() - start
@@ -197,6 +202,9 @@ def main():
                   flush=True)
             if status == 'FAIL' or args.verbose:
                 print('    ' + output.rstrip().replace('\n', '\n    '), flush=True)
+    except KeyboardInterrupt:
+        print('interrupted')
+        return 130
     finally:
         shutil.rmtree(run_tmp, ignore_errors=True)
 

@@ -92,6 +92,22 @@ class Growable(FuseTestCase):
         self.assertEqual(os.stat(img).st_size, 3 * MiB)
 
 
+    def test_write_past_end_grows(self):
+        img = self.image(size=MiB)
+        d = self.mount(img, opts=['--growable'])
+        fd = os.open(d.mountpoint, os.O_RDWR)
+        try:
+            pwrite_all(fd, b'grown' * 1000, 2 * MiB)
+            self.assertEqual(os.fstat(fd).st_size, 2 * MiB + 5000)
+            self.assertEqual(pread_all(fd, MiB, MiB), bytes(MiB), 'gap reads as zeroes')
+        finally:
+            os.close(fd)
+        self.stop_cleanly(d)
+        data = read_file(img)
+        self.assertEqual(len(data), 2 * MiB + 5000)
+        self.assertEqual(data[2 * MiB:], b'grown' * 1000)
+
+
 class FixedSize(FuseTestCase):
 
     def test_truncate_refused_without_growable(self):

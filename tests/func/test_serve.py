@@ -59,6 +59,12 @@ class Serve(FuseTestCase):
         self.stop_cleanly(d)
         self.assertBytesEqual(read_file(img), bytes(reference), 'image after exit')
 
+    def test_direct_io_off(self):
+        """direct-io=off: page-cache semantics, same content."""
+        img, mp = self.image(size=SIZE), self.path('export.img')
+        self.run_serve(self.keyval_args(img, mp, export_opts=',writable=on,direct-io=off'),
+                       mp, img, nthreads=4)
+
     def test_json(self):
         img, mp = self.image(size=SIZE), self.path('export.img')
         args = ['--blockdev', json.dumps({'driver': 'file', 'node-name': 'f0',

@@ -47,7 +47,7 @@ void hold_set_notifier(BlockNode *bs, void (*fn)(void *), void *opaque);
 /*
  * Harness.  test_env_init(): main thread, global lock, main loop, drivers.
  */
-void test_env_init(void) NO_THREAD_SAFETY_ANALYSIS;
+void test_env_init(void) ACQUIRE(global_lock);
 /* Runs fn(opaque) in a coroutine on the main loop, iterating the loop until
  * it returns. */
 void run_co(CoroutineEntry *fn, void *opaque);

@@ -114,6 +114,74 @@ Test(coroutine, locals_and_callee_saved_survive)
     cr_assert_eq(keep, 0x1234567);
 }
 
+#if defined(__x86_64__)
+/* MXCSR (SSE rounding mode, exception masks) is callee-saved: each side of
+ * a switch keeps its own. */
+static unsigned read_mxcsr(void)
+{
+    unsigned v;
+
+    __asm__ volatile("stmxcsr %0" : "=m"(v));
+    return v;
+}
+
+static void write_mxcsr(unsigned v)
+{
+    __asm__ volatile("ldmxcsr %0" : : "m"(v));
+}
+
+#define MXCSR_ROUND_DOWN (1u << 13)
+
+static void round_down_inside(void *opaque)
+{
+    unsigned saved = read_mxcsr();
+
+    write_mxcsr((saved & ~(3u << 13)) | MXCSR_ROUND_DOWN);
+    co_yield();
+    cr_assert_eq(read_mxcsr() & (3u << 13), MXCSR_ROUND_DOWN,
+                 "the coroutine lost its MXCSR across a switch");
+    write_mxcsr(saved);
+}
+
+Test(coroutine, mxcsr_is_per_context)
+{
+    unsigned before = read_mxcsr();
+    Coroutine *co = co_create(round_down_inside, NULL);
+
+    co_enter(co);
+    cr_assert_eq(read_mxcsr(), before, "the coroutine's MXCSR leaked out");
+    co_enter(co);
+    cr_assert_eq(read_mxcsr(), before);
+}
+#endif
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+#if !defined(__SANITIZE_ADDRESS__) && !__has_feature(address_sanitizer) && \
+    !defined(__SANITIZE_THREAD__) && !__has_feature(thread_sanitizer)
+/* Running off the end of a coroutine stack hits the guard page: a crash,
+ * not silent corruption of whatever lies below.  (The sanitizers report
+ * overflows their own way, so this runs without them.) */
+static int recurse(volatile char *prev, int depth)
+{
+    volatile char frame[1024];
+
+    frame[0] = prev ? prev[0] : 1;
+    return depth > 0 ? recurse(frame, depth - 1) + frame[0] : frame[0];
+}
+
+static void overflow_stack(void *opaque)
+{
+    recurse(NULL, 1 << 20);         /* 1 GiB of frames: far past the end */
+}
+
+Test(coroutine, stack_overflow_hits_guard_page, .signal = SIGSEGV)
+{
+    co_spawn(overflow_stack, NULL);
+}
+#endif
+
 /* ---- nesting ----------------------------------------------------------- */
 
 static Coroutine *inner_co;
@@ -563,4 +631,55 @@ Test(coroutine, unlock_of_unheld_mutex_aborts, .signal = SIGABRT)
 {
     co_mutex_init(&mx);
     co_spawn(unlock_not_held, NULL);
+}
+
+/* ---- the global lock (util/threads.c) ---------------------------------- */
+
+static void gs_function(void)
+{
+    GS_CODE();
+}
+
+Test(coroutine, global_lock_held_by_main_only)
+{
+    cr_assert(in_main_thread());
+    cr_assert_not(global_lock_held());
+    global_lock_acquire();
+    cr_assert(global_lock_held());
+    gs_function();                      /* passes the run-time check */
+    global_lock_assert_held();
+    global_lock_release();
+    cr_assert_not(global_lock_held());
+}
+
+Test(coroutine, gs_code_without_global_lock_aborts, .signal = SIGABRT)
+{
+    gs_function();
+}
+
+static void *gs_from_other_thread(void *opaque)
+{
+    cr_assert_not(in_main_thread());
+    global_lock_assert_held();          /* aborts: not the main thread */
+    return NULL;
+}
+
+Test(coroutine, global_lock_assert_on_other_thread_aborts, .signal = SIGABRT)
+{
+    pthread_t th;
+
+    global_lock_acquire();
+    pthread_create(&th, NULL, gs_from_other_thread, NULL);
+    pthread_join(th, NULL);
+    global_lock_release();              /* not reached */
+}
+
+static void wake_self_then_end(void *opaque)
+{
+    co_wake(co_self());
+}
+
+Test(coroutine, ending_with_a_wake_pending_aborts, .signal = SIGABRT)
+{
+    co_spawn(wake_self_then_end, NULL);
 }

@@ -12,6 +12,12 @@ TestSuite(graph, .init = test_env_init, .timeout = 20);
 #define ALL BLK_PERM_ALL
 #define RW (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
 
+static void coroutine_fn unref_blk_entry(void *opaque)
+{
+    global_lock_assert_held();
+    blk_co_unref(opaque);
+}
+
 static int count_nodes(void) GS
 {
     int n = 0;
@@ -200,6 +206,7 @@ Test(graph, perm_conflict_names_both_users)
     cr_assert(strstr(msg, "export 'e1'"), "names the other user too: %s", msg);
     error_free(err);
     err = NULL;
+    run_co(unref_blk_entry, e1);
     cr_assert_eq(m->open_perm, perm_before, "nothing changed");
     cr_assert_eq(first_parent(m)->parent_opaque, e0);
     cr_assert_null(first_parent(m)->next_parent);
@@ -224,6 +231,7 @@ Test(graph, perm_conflict_through_filter)
     cr_assert(strstr(error_get_pretty(err), "Conflicts with use by node 'h0' as 'file', "
                      "which does not allow 'write' on disk"), "%s", error_get_pretty(err));
     error_free(err);
+    run_co(unref_blk_entry, e1);
 }
 
 Test(graph, read_only_refuses_write)
@@ -235,15 +243,10 @@ Test(graph, read_only_refuses_write)
     cr_assert_lt(blk_insert_node(e0, m, &err), 0);
     cr_assert_str_eq(error_get_pretty(err), "Block node is read-only");
     error_free(err);
+    run_co(unref_blk_entry, e0);
     err = NULL;
     BlockBackend *r = blk_new("r", BLK_PERM_CONSISTENT_READ, ALL);
     cr_assert_eq(blk_insert_node(r, m, &err), 0);
-}
-
-static void coroutine_fn unref_blk_entry(void *opaque)
-{
-    global_lock_assert_held();
-    blk_co_unref(opaque);
 }
 
 Test(graph, blockdev_del_in_use)
@@ -304,8 +307,6 @@ Test(graph, close_all_parents_first)
     run_co(close_all_entry, NULL);
     cr_assert_str_eq(fake_close_log, "top,mid,base,other,");
     cr_assert_eq(count_nodes(), 0);
-    MemStats st;
-    (void)st;
 }
 
 Test(graph, probe_defaults_to_raw)

@@ -370,6 +370,12 @@ Test(qcow2, read_backing_chain_three_deep)
     SH_OK("qemu-io -f qcow2 -c 'write -P 0x33 1536k 4k' -c 'write -P 0x44 9M 8k' "
           "top.qcow2 > /dev/null");
     assert_reads_like_qemu("top.qcow2");
+    /* a version 2 overlay: its backing format extension follows the
+     * 72-byte header */
+    SH_OK("qemu-img create -q -f qcow2 -o compat=0.10 -b top.qcow2 -F qcow2 "
+          "v2top.qcow2 10M");
+    SH_OK("qemu-io -f qcow2 -c 'write -P 0x55 0 4k' v2top.qcow2 > /dev/null");
+    assert_reads_like_qemu("v2top.qcow2");
 }
 
 static void make_compressible_raw(const char *name, size_t len)
@@ -793,8 +799,16 @@ Test(qcow2, dirty_image_refcounts_rebuilt_before_writes)
     int64_t size = 2 * MiB;
     SH_OK("qemu-img create -q -f qcow2 -o lazy_refcounts=on d.qcow2 2M");
     SH_OK("qemu-io -f qcow2 -c 'write -P 0x21 0 1M' d.qcow2 > /dev/null");
-    /* Pretend a crash with lazy refcounts: the dirty bit is set. */
+    /* Pretend a crash with lazy refcounts: the dirty bit is set and the
+     * refcounts on disk are stale (here: the whole first block says 0). */
     patch_be64("d.qcow2", 72, 1);
+    size_t flen;
+    uint8_t *img = read_whole("d.qcow2", &flen);
+    uint64_t rb = ld_be64(img + ld_be64(img + 48)) & REFT_OFFSET_MASK;
+    free(img);
+    uint8_t *zeros = calloc(1, 65536);
+    patch("d.qcow2", rb, zeros, 65536);
+    free(zeros);
     uint8_t *ref = calloc(1, size), buf[8192];
     memset(ref, 0x21, 1 * MiB);
     Open o = open_ok("d.qcow2", true);
@@ -897,4 +911,205 @@ Test(qcow2, resize_never_resurrects_old_data)
     memset(ref, 0x31, 1000448);
     assert_consistent_and_equal("ro.qcow2", ref, 3 * MiB);
     free(ref);
+}
+
+/* ------------------------------------------------------------------------
+ * Internal snapshots
+ */
+
+typedef struct SnapCall {
+    BlockNode *bs;
+    char op;                 /* 'c' create, 'a' apply, 'd' delete */
+    const char *name;
+    int ret;
+    char err[512];
+} SnapCall;
+
+static void coroutine_fn snap_co(void *opaque)
+{
+    SnapCall *c = opaque;
+    Error *err = NULL;
+    global_lock_assert_held();
+    c->ret = c->op == 'c' ? qcow2_snapshot_create(c->bs, c->name, &err)
+           : c->op == 'a' ? qcow2_snapshot_apply(c->bs, c->name, &err)
+                          : qcow2_snapshot_delete(c->bs, c->name, &err);
+    if (err) {
+        snprintf(c->err, sizeof(c->err), "%s", error_get_pretty(err));
+        error_free(err);
+    }
+}
+
+static int snap(BlockNode *bs, char op, const char *name, char *err, size_t errlen)
+{
+    SnapCall c = { bs, op, name };
+    run_main(snap_co, &c);
+    if (err) {
+        snprintf(err, errlen, "%s", c.err);
+    }
+    return c.ret;
+}
+
+static void expect_image(const char *name, const uint8_t *ref, size_t len)
+{
+    Open o = open_ok(name, false);
+    uint8_t *got = malloc(len);
+    cr_assert_eq(READ(o.blk, 0, got, len), 0);
+    cr_assert(memcmp(got, ref, len) == 0, "%s content differs", name);
+    close_img(&o);
+    free(got);
+}
+
+Test(qcow2, snapshots_create_apply_delete_interop)
+{
+    size_t size = 2 * MiB;
+    char err[512];
+    uint8_t *a = malloc(size), *b = malloc(size), *buf = malloc(size);
+    SH_OK("qemu-img create -q -f qcow2 -o cluster_size=4096 sn.qcow2 2M");
+    memset(a, 0, size);
+    memset(a + 4096, 0xa1, 1 * MiB);
+
+    Open o = open_ok("sn.qcow2", true);
+    cr_assert_eq(WRITE(o.blk, 4096, a + 4096, 1 * MiB), 0);
+    cr_assert_eq(snap(o.bs, 'c', "one", err, sizeof(err)), 0, "create: %s", err);
+    cr_assert_neq(snap(o.bs, 'c', "one", err, sizeof(err)), 0);
+    cr_assert(strstr(err, "already exists"), "got: %s", err);
+    memcpy(b, a, size);
+    memset(b + 500000, 0xb2, 700000);      /* partly over snapshot data */
+    cr_assert_eq(WRITE(o.blk, 500000, b + 500000, 700000), 0);
+    cr_assert_eq(ZERO(o.blk, 8192, 8192, BDRV_REQ_MAY_UNMAP), 0);
+    memset(b + 8192, 0, 8192);
+    Qcow2SnapshotInfo *list;
+    global_lock_assert_held();     /* the test thread is the main thread */
+    cr_assert_eq(qcow2_snapshot_list(o.bs, &list), 1);
+    cr_assert_str_eq(list[0].name, "one");
+    cr_assert_eq(list[0].disk_size, size);
+    free(list);
+    close_img(&o);
+
+    assert_consistent_and_equal("sn.qcow2", b, size);
+    cr_assert_eq(sh("qemu-img snapshot -l sn.qcow2 | grep -q ' one '"), 0);
+    SH_OK("qemu-img convert -O raw -l snapshot.name=one sn.qcow2 sn-one.raw");
+    size_t len;
+    uint8_t *one = read_whole("sn-one.raw", &len);
+    cr_assert(len == size && memcmp(one, a, size) == 0, "snapshot content differs");
+    free(one);
+
+    /* a snapshot qemu-img makes, applied here; then ours deleted here */
+    SH_OK("qemu-img snapshot -c two sn.qcow2");
+    o = open_ok("sn.qcow2", true);
+    cr_assert_eq(snap(o.bs, 'a', "one", err, sizeof(err)), 0, "apply: %s", err);
+    cr_assert_eq(READ(o.blk, 0, buf, size), 0);
+    cr_assert(memcmp(buf, a, size) == 0, "applied snapshot reads wrong");
+    cr_assert_eq(snap(o.bs, 'd', "one", err, sizeof(err)), 0, "delete: %s", err);
+    cr_assert_neq(snap(o.bs, 'a', "nope", err, sizeof(err)), 0);
+    cr_assert(strstr(err, "no snapshot 'nope'"), "got: %s", err);
+    close_img(&o);
+    assert_consistent_and_equal("sn.qcow2", a, size);
+    cr_assert_neq(sh("qemu-img snapshot -l sn.qcow2 | grep -q ' one '"), 0);
+
+    /* apply qemu's "two" (== b), delete it: back to no snapshots */
+    o = open_ok("sn.qcow2", true);
+    cr_assert_eq(snap(o.bs, 'a', "two", err, sizeof(err)), 0, "apply: %s", err);
+    cr_assert_eq(snap(o.bs, 'd', "two", err, sizeof(err)), 0, "delete: %s", err);
+    close_img(&o);
+    assert_consistent_and_equal("sn.qcow2", b, size);
+    expect_image("sn.qcow2", b, size);
+    free(a);
+    free(b);
+    free(buf);
+}
+
+Test(qcow2, corruption_found_while_running_stops_writes_not_reads)
+{
+    SH_OK("qemu-img create -q -f qcow2 rc.qcow2 4M");
+    SH_OK("qemu-io -f qcow2 -c 'write -P 0x44 0 128k' rc.qcow2 > /dev/null");
+    size_t len;
+    uint8_t *img = read_whole("rc.qcow2", &len);
+    uint64_t l1 = ld_be64(img + 40);
+    uint64_t l2 = ld_be64(img + l1) & L1E_OFFSET_MASK;
+    free(img);
+    /* guest cluster 1 now claims to live inside the header cluster */
+    patch_be64("rc.qcow2", l2 + 8, QCOW_OFLAG_COPIED | 0x200);
+    Open o = open_ok("rc.qcow2", true);
+    uint8_t buf[4096];
+    memset(buf, 0x99, sizeof(buf));
+    cr_assert_eq(WRITE(o.blk, 65536, buf, sizeof(buf)), -EIO);
+    cr_assert_eq(WRITE(o.blk, 0, buf, sizeof(buf)), -EIO, "writes stay refused");
+    cr_assert_eq(READ(o.blk, 4096, buf, sizeof(buf)), 0, "reads elsewhere work");
+    cr_assert(buf[0] == 0x44 && buf[4095] == 0x44);
+    close_img(&o);
+    cr_assert_eq(sh("qemu-img info rc.qcow2 | grep -q 'corrupt: true'"), 0,
+                 "corrupt bit not set on disk");
+    img = read_whole("rc.qcow2", &len);
+    cr_assert_eq(ld_be32(img), QCOW2_MAGIC, "header intact");
+    free(img);
+}
+
+Test(qcow2, works_over_o_direct_file)
+{
+    int64_t size = 2 * MiB;
+    SH_OK("qemu-img create -q -f qcow2 -o cluster_size=4096 od.qcow2 2M");
+    SH_OK("qemu-io -f qcow2 -c 'write -c -P 0x12 0 64k' -c 'write -P 0x34 1M 100k' "
+          "od.qcow2 > /dev/null");
+    char p[256];
+    path_of(p, sizeof(p), "od.qcow2");
+    Open o = { .writable = true,
+               .def = json_pack("{s:s, s:s, s:{s:s, s:s, s:b}}", "driver", "qcow2",
+                                "node-name", "disk", "file", "driver", "file",
+                                "filename", p, "cache.direct", 1) };
+    run_main(open_co, &o);
+    cr_assert(o.bs && o.blk, "open with cache.direct: %s", o.err);
+    uint8_t *ref = calloc(1, size), *buf = malloc(size);
+    memset(ref, 0x12, 65536);
+    memset(ref + 1 * MiB, 0x34, 100 * KiB);
+    memset(buf, 0x56, 3333);
+    cr_assert_eq(WRITE(o.blk, 1000, buf, 3333), 0);          /* COW from compressed */
+    memcpy(ref + 1000, buf, 3333);
+    cr_assert_eq(WRITE(o.blk, 1 * MiB + 777, buf, 3333), 0); /* in place */
+    memcpy(ref + 1 * MiB + 777, buf, 3333);
+    cr_assert_eq(READ(o.blk, 0, buf, size), 0);
+    cr_assert(memcmp(buf, ref, size) == 0, "read-back differs");
+    close_img(&o);
+    assert_consistent_and_equal("od.qcow2", ref, size);
+    free(ref);
+    free(buf);
+}
+
+Test(qcow2, backing_option_overrides_the_header)
+{
+    SH_OK("qemu-img create -q -f qcow2 hb.qcow2 1M");
+    SH_OK("qemu-io -f qcow2 -c 'write -P 0x71 0 1M' hb.qcow2 > /dev/null");
+    SH_OK("qemu-img create -q -f qcow2 -b hb.qcow2 -F qcow2 ho.qcow2 1M");
+    uint8_t buf[4096];
+
+    /* backing: null -> no backing, unallocated clusters read as zeroes */
+    Open o = open_img("ho.qcow2", false, json_pack("{s:n}", "backing"));
+    cr_assert(o.bs, "%s", o.err);
+    cr_assert_eq(READ(o.blk, 0, buf, sizeof(buf)), 0);
+    cr_assert(buf[0] == 0 && buf[4095] == 0);
+    close_img(&o);
+
+    /* a nested definition: a raw file of 0xee instead of the header's */
+    uint8_t raw[8192];
+    memset(raw, 0xee, sizeof(raw));
+    write_whole("other.raw", raw, sizeof(raw));
+    char p[256];
+    path_of(p, sizeof(p), "other.raw");
+    o = open_img("ho.qcow2", false, json_pack("{s:{s:s, s:{s:s, s:s}}}", "backing",
+                 "driver", "raw", "file", "driver", "file", "filename", p));
+    cr_assert(o.bs, "%s", o.err);
+    cr_assert_eq(READ(o.blk, 4096, buf, sizeof(buf)), 0);
+    cr_assert(buf[0] == 0xee && buf[4095] == 0xee);
+    cr_assert_eq(READ(o.blk, 8192, buf, sizeof(buf)), 0);
+    cr_assert(buf[0] == 0, "past the backing's end: zeroes");
+    close_img(&o);
+
+    /* no backing format in the header: opened as raw, never probed */
+    SH_OK("qemu-img create -q -f qcow2 nb.qcow2 1M && "
+          "qemu-img rebase -u -b hb.qcow2 nb.qcow2 2>/dev/null || "
+          "qemu-img rebase -u -b hb.qcow2 -F raw nb.qcow2");
+    o = open_ok("nb.qcow2", false);
+    cr_assert_eq(READ(o.blk, 0, buf, 4), 0);
+    cr_assert_eq(ld_be32(buf), QCOW2_MAGIC, "backing read as raw bytes");
+    close_img(&o);
 }
