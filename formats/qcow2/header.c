@@ -153,6 +153,13 @@ static int check_features(Qcow2State *s, Error **errp)
 
 static int parse_v3_fields(Qcow2State *s, const uint8_t *h, uint64_t avail, Error **errp)
 {
+    /* The v3 fields end at offset 104: a shorter file must not be read past
+     * its end (found by tests/fuzz). */
+    if (avail < QH_V3_LENGTH) {
+        error_setg(errp, "qcow2: file is too small for a version 3 header "
+                   "(%llu bytes, header offset 72)", (unsigned long long)avail);
+        return -EINVAL;
+    }
     s->incompat = ld_be64(h + 72);
     s->compat = ld_be64(h + 80);
     s->autoclear = ld_be64(h + 88);

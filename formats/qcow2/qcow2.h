@@ -378,6 +378,33 @@ typedef struct Qcow2CreateOpts {
 int coroutine_fn qcow2_co_create(BlockBackend *file, const Qcow2CreateOpts *opts,
                                  Error **errp) GS;
 
+/*
+ * check.c (for `diskstack img check`): counts like qemu-img check.
+ * GS: coroutine on the main loop; quiesces the node and holds s->lock.
+ * Leaks and corruptions are printed to stderr one per line.  Returns 0
+ * (the counts are in *res) or -errno with *errp set.
+ */
+typedef struct Qcow2CheckResult {
+    uint64_t corruptions, leaks, check_errors;
+    uint64_t corruptions_fixed, leaks_fixed;
+    uint64_t image_end_offset;
+    uint64_t total_clusters, allocated_clusters;
+    uint64_t fragmented_clusters, compressed_clusters;
+} Qcow2CheckResult;
+enum { QCOW2_CHECK_FIX_LEAKS = 1, QCOW2_CHECK_FIX_ERRORS = 2 };
+int coroutine_fn qcow2_co_check(BlockNode *bs, int fix, Qcow2CheckResult *res,
+                                Error **errp) GS;
+
+/*
+ * rebase.c: records a new backing file name and format in the header (for
+ * `diskstack img rebase`; NULL or "" removes the backing).  Only the header
+ * changes: the caller copies data first if the content must stay the same,
+ * and the node's backing edge is not touched.  GS: in a coroutine on the
+ * main loop; quiesces the node itself.  bs must be a writable qcow2 node.
+ */
+int coroutine_fn qcow2_change_backing(BlockNode *bs, const char *backing_file,
+                                      const char *backing_fmt, Error **errp) GS;
+
 extern const BlockDriver bdrv_qcow2;
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "cli/cli-version.h"
+#include "cli/img.h"
 
 typedef struct Command {
     const char *name;
@@ -24,6 +25,7 @@ typedef struct Command {
 static const Command commands[] = {
     { "mount", cmd_mount, "export an image as a regular file until unmounted" },
     { "serve", cmd_serve, "serve a graph of --blockdev nodes and --export mounts" },
+    { "img", cmd_img, "offline image work: create, info, check, map, snapshot, ..." },
 };
 
 static void print_help(void)

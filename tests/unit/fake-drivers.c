@@ -34,6 +34,7 @@ typedef struct MemState {
     int64_t size;
     bool zeroes;
     uint32_t align;
+    int64_t read_yield;
     _Atomic int reads, writes, zeroes_calls, discards, flushes, truncates;
     _Atomic int misaligned;
     _Atomic int64_t max_request;
@@ -44,6 +45,8 @@ static const BlockOptionDesc mem_options[] = {
     { "align", OPT_INT, false, NULL, "request alignment" },
     { "max-transfer", OPT_SIZE, false, NULL, "largest request" },
     { "zeroes", OPT_BOOL, false, NULL, "support write-zeroes" },
+    { "read-yield", OPT_INT, false, NULL,
+      "after each read, go round the loop this many times (widens races)" },
     { "filename", OPT_STRING, false, NULL, "ignored" },
     { NULL },
 };
@@ -55,6 +58,7 @@ static int coroutine_fn mem_open(BlockNode *bs, json_t *opts, Error **errp) GS
     s->size = opt_int(opts, "size", 0);
     s->align = opt_int(opts, "align", 1);
     s->zeroes = opt_bool(opts, "zeroes", true);
+    s->read_yield = opt_int(opts, "read-yield", 0);
     if (s->size < 0 || s->align < 1) {
         error_setg(errp, "mem: bad size or align");
         return -EINVAL;
@@ -109,6 +113,10 @@ static int coroutine_fn mem_preadv(BlockNode *bs, int64_t offset, int64_t bytes,
     iov_from_buf(qiov, qoff, s->buf + offset, have);
     iov_memset(qiov, qoff + have, 0, bytes - have);   /* past the end: zeroes */
     pthread_mutex_unlock(&s->lock);
+    for (int64_t i = 0; i < s->read_yield; i++) {
+        co_wake(co_self());             /* what was read ages meanwhile */
+        co_yield();
+    }
     return 0;
 }
 

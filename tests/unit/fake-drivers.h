@@ -5,7 +5,8 @@
  *              Options: size (required), align (request_alignment),
  *              max-transfer, zeroes (bool, default on: without it
  *              co_pwrite_zeroes answers -ENOTSUP, exercising io.c's
- *              fallback).  Counts the calls it gets (mem_stats()).
+ *              fallback), read-yield (after every read, go round the
+ *              loop that many times, to widen race windows).  Counts the calls it gets (mem_stats()).
  *   "hold"     filter over `file`: while holding is on, requests wait in the
  *              filter until the test releases them.  Counts held/passed.
  *   "nothing"  protocol of `size` bytes with only co_preadv (reads zeroes):

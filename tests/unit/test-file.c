@@ -188,11 +188,28 @@ static void read_file(const char *path, int64_t off, void *buf, size_t len)
     close(fd);
 }
 
+/* The aio engine the I/O tests run with (AIO_TEST); NULL: the default. */
+static const char *test_aio;
+
 static json_t *file_def(const char *path)
 {
-    return json_pack("{s:s, s:s, s:s}", "driver", "file", "node-name", "f0",
-                     "filename", path);
+    json_t *def = json_pack("{s:s, s:s, s:s}", "driver", "file", "node-name",
+                            "f0", "filename", path);
+
+    if (test_aio) {
+        json_object_set_new(def, "aio", json_string(test_aio));
+    }
+    return def;
 }
+
+/* An I/O test, run once per aio engine (criterion runs each in its own
+ * process, so each starts with an empty thread pool). */
+#define AIO_TEST(name) \
+    static void name(void); \
+    Test(file, name##_aio_auto) { test_aio = "auto"; name(); } \
+    Test(file, name##_aio_threads) { test_aio = "threads"; name(); } \
+    Test(file, name##_aio_io_uring) { test_aio = "io_uring"; name(); } \
+    static void name(void)
 
 /* raw over file; extra keys (cache.direct, offset, ...) merged in. */
 static json_t *raw_def(const char *path, json_t *raw_extra, json_t *file_extra)
@@ -423,30 +440,61 @@ Test(file, open_errors_name_the_file)
     make_path(path, sizeof(path), "a.img");
     create_image(path, MiB, false);
     o = open_def(json_pack("{s:s, s:s, s:s}", "driver", "file", "filename", path,
-                           "aio", "threads"), 0, 0);
+                           "aio", "native"), 0, 0);
+    cr_assert_null(o.bs);
+    cr_assert(strstr(o.err, "aio=native"), "got: %s", o.err);
+    o = open_def(json_pack("{s:s, s:s, s:s}", "driver", "file", "filename", path,
+                           "aio", "posix"), 0, 0);
     cr_assert_null(o.bs);
     cr_assert(strstr(o.err, "aio"), "got: %s", o.err);
 }
 
-Test(file, open_sets_length_and_limits)
+/* ------------------------------------------------------------------------
+ * The aio option picks the engine: the thread pool starts workers only for
+ * the requests the mode sends to it.
+ */
+
+/* Opens the image with aio (NULL: the default), reads and/or writes once,
+ * and returns how many pool workers exist before the close (which flushes). */
+static int pool_workers_after_io(const char *aio, bool read, bool write)
 {
     char path[128];
+    uint8_t buf[4096];
+    int workers;
     Open o;
 
-    make_path(path, sizeof(path), "a.img");
-    create_image(path, 3 * MiB + 512, false);
-    o = open_ok(file_def(path), 0);
-    cr_assert_eq(bdrv_getlength(o.bs), 3 * MiB + 512);
-    cr_assert_eq(o.bs->bl.request_alignment, 1);
-    cr_assert_str_eq(o.bs->filename, path);
+    make_path(path, sizeof(path), "aio.img");
+    create_image(path, MiB, true);
+    o = open_ok(raw_def(path, NULL, aio ? json_pack("{s:s}", "aio", aio) : NULL),
+                RW_PERM);
+    if (read) {
+        cr_assert_eq(READ(o.blk, 4096, buf, sizeof(buf)), 0);
+        cr_assert_eq(buf[0], pattern_byte(4096));
+    }
+    if (write) {
+        cr_assert_eq(WRITE(o.blk, 8192, buf, sizeof(buf)), 0);
+    }
+    workers = thread_pool_worker_count();
     close_all(&o);
+    return workers;
+}
 
-    o = open_ok(raw_def(path, NULL, json_pack("{s:{s:b}}", "cache", "direct", 1)), 0);
-    cr_assert_eq(bdrv_getlength(o.bs), 3 * MiB + 512);
-    cr_assert(find_node("f0")->bl.request_alignment >= 512,
-              "O_DIRECT alignment %u", find_node("f0")->bl.request_alignment);
-    cr_assert_eq(o.bs->bl.request_alignment, 1);
-    close_all(&o);
+Test(file, aio_io_uring_and_auto_pick_their_engines)
+{
+    cr_assert_eq(pool_workers_after_io("io_uring", true, true), 0,
+                 "aio=io_uring used the pool");
+    cr_assert_eq(thread_pool_worker_count(), 0, "aio=io_uring flushed on the pool");
+    cr_assert_eq(pool_workers_after_io("auto", true, false), 0,
+                 "aio=auto read on the pool");
+    /* The default is auto. */
+    cr_assert(pool_workers_after_io(NULL, false, true) > 0,
+              "aio=auto wrote on the ring");
+}
+
+Test(file, aio_threads_reads_on_the_pool)
+{
+    cr_assert(pool_workers_after_io("threads", true, false) > 0,
+              "aio=threads read on the ring");
 }
 
 /* ------------------------------------------------------------------------
@@ -531,17 +579,17 @@ static void check_rw_on_iothreads(bool direct)
     }
 }
 
-Test(file, rw_on_iothreads)
+AIO_TEST(rw_on_iothreads)
 {
     check_rw_on_iothreads(false);
 }
 
-Test(file, rw_on_iothreads_direct)
+AIO_TEST(rw_on_iothreads_direct)
 {
     check_rw_on_iothreads(true);
 }
 
-Test(file, write_lands_in_file)
+AIO_TEST(write_lands_in_file)
 {
     char path[128];
     uint8_t buf[8192], check[8192 + 64];
@@ -562,7 +610,7 @@ Test(file, write_lands_in_file)
 
 /* The node is 1 MiB but the file shrinks behind its back: the part past
  * the new end of file reads as zeroes, the rest as data. */
-Test(file, short_read_at_eof_reads_zeroes)
+AIO_TEST(short_read_at_eof_reads_zeroes)
 {
     char path[128];
     uint8_t *buf = malloc(MiB);
@@ -583,7 +631,7 @@ Test(file, short_read_at_eof_reads_zeroes)
 
 /* O_DIRECT on a file whose length is not a multiple of the alignment, with
  * buffers that are not aligned at all (bounce buffers). */
-Test(file, direct_unaligned_buffers_and_tail)
+AIO_TEST(direct_unaligned_buffers_and_tail)
 {
     char path[128];
     uint8_t *mem = malloc(3 * 65536 + 16), *buf = mem + 1;
@@ -651,7 +699,7 @@ static bool is_data(const char *path, off_t off)
     return d == off;
 }
 
-Test(file, zeroes_and_discard)
+AIO_TEST(zeroes_and_discard)
 {
     char path[128];
     uint8_t *buf = malloc(256 * 1024);
@@ -694,7 +742,7 @@ Test(file, zeroes_and_discard)
 
 /* The file shrank behind the node's back: zeroing the part past the new
  * end of file grows the file again instead of leaving it short. */
-Test(file, zeroes_past_end_of_shrunk_file)
+AIO_TEST(zeroes_past_end_of_shrunk_file)
 {
     char path[128];
     uint8_t *buf = malloc(256 * 1024);
@@ -746,7 +794,7 @@ static int node_status(BlockNode *bs, int64_t off, int64_t bytes, int64_t *pnum,
     return s.ret;
 }
 
-Test(file, block_status_on_sparse_file)
+AIO_TEST(block_status_on_sparse_file)
 {
     char path[128];
     uint8_t buf[65536];
@@ -795,7 +843,7 @@ Test(file, block_status_on_sparse_file)
     close_all(&o);
 }
 
-Test(file, truncate_grows_and_shrinks)
+AIO_TEST(truncate_grows_and_shrinks)
 {
     char path[128];
     uint8_t buf[4096];

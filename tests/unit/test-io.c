@@ -409,7 +409,7 @@ static void coroutine_fn worker_entry(void *opaque)
 {
     Worker *w = opaque;
     uint8_t byte = w->k + 1;
-    for (int i = 0; i < 2048; i++) {
+    for (int i = 0; i < 1024; i++) {
         IOVector v;
         iov_init_buf(&v, &byte, 1);
         if (blk_co_pwritev(w->blk, 8 * i + w->k, 1, &v, 0) < 0) {
@@ -428,7 +428,8 @@ Test(io, rmw_from_two_iothreads_loses_nothing)
 {
     global_lock_assert_held();
     BlockNode *m;
-    BlockBackend *blk = backend_on("driver=mem,node-name=m,size=64k,align=4096", RW, &m);
+    BlockBackend *blk = backend_on("driver=mem,node-name=m,size=64k,align=4096,"
+                                   "read-yield=3", RW, &m);
     IOThread *t[2] = { iothread_create("io0"), iothread_create("io1") };
     Worker w[2];
     for (int k = 0; k < 2; k++) {
@@ -440,7 +441,7 @@ Test(io, rmw_from_two_iothreads_loses_nothing)
     cr_assert_eq(w[0].errors + w[1].errors, 0);
     uint8_t *d = mem_data(m);
     int lost = 0;
-    for (int p = 0; p < 2048 * 8; p++) {
+    for (int p = 0; p < 1024 * 8; p++) {
         uint8_t want = p % 8 == 0 ? 1 : p % 8 == 1 ? 2 : 0;
         lost += d[p] != want;
     }

@@ -1,0 +1,46 @@
+#!/bin/sh
+# run.sh [-t SECONDS] [BUILD_DIR] — bounded run of the qcow2 fuzzers.
+#
+# Sets up BUILD_DIR (default build-fuzz-clang) with clang if it does not
+# exist, builds the two harnesses, generates the seed corpus with qemu-img
+# (make-seeds.sh), then runs each harness for SECONDS (default 60) with
+# -max_total_time.  The corpus grows in BUILD_DIR/fuzz/corpus-<harness>
+# between runs; a crash leaves its input in BUILD_DIR/fuzz/artifacts and the
+# script exits 1 (reproduce with: BUILD_DIR/tests/fuzz/<harness> <input>;
+# FUZZ_TRACE=1 prints the write harness's requests).
+set -eu
+secs=60
+if [ "${1:-}" = "-t" ]; then secs=$2; shift 2; fi
+src=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$src/build-fuzz-clang}
+case $build in /*) ;; *) build=$src/$build ;; esac
+
+if [ ! -f "$build/build.ninja" ]; then
+    CC=clang meson setup "$build" "$src" >/dev/null
+fi
+ninja -C "$build" -j2 tests/fuzz/fuzz-qcow2-open tests/fuzz/fuzz-qcow2-write >/dev/null
+
+work=$build/fuzz
+rm -rf "$work/seeds"
+mkdir -p "$work/artifacts"
+"$src/tests/fuzz/make-seeds.sh" "$work/seeds"
+
+status=0
+for h in fuzz-qcow2-open fuzz-qcow2-write; do
+    corpus=$work/corpus-$h
+    mkdir -p "$corpus"
+    log=$work/$h.log
+    # -rss_limit_mb: a fuzzed header may ask for big (bounded) tables
+    if "$build/tests/fuzz/$h" -max_total_time="$secs" -rss_limit_mb=2048 \
+            -timeout=20 -print_final_stats=1 \
+            -artifact_prefix="$work/artifacts/$h-" "$corpus" "$work/seeds" \
+            >"$log" 2>&1; then
+        echo "$h: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" \
+            | grep -o '[0-9]*$') runs, $(grep -c . "$corpus"/* 2>/dev/null | wc -l) corpus inputs)"
+    else
+        echo "$h: FAILED, see $log and $work/artifacts/"
+        grep -m5 -E 'ERROR|SUMMARY|outside|refused at open' "$log" || true
+        status=1
+    fi
+done
+exit $status
