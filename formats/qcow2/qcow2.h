@@ -405,6 +405,15 @@ int coroutine_fn qcow2_co_check(BlockNode *bs, int fix, Qcow2CheckResult *res,
 int coroutine_fn qcow2_change_backing(BlockNode *bs, const char *backing_file,
                                       const char *backing_fmt, Error **errp) GS;
 
+/*
+ * prealloc.c (for `diskstack img create -o preallocation=...`): gives every
+ * guest cluster of a new, empty image a host cluster.  GS: coroutine on the
+ * main loop; quiesces the node and holds s->lock.  Returns 0 or -errno.
+ */
+enum { QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC,
+       QCOW2_PREALLOC_FULL };
+int coroutine_fn qcow2_co_preallocate(BlockNode *bs, int mode, Error **errp) GS;
+
 extern const BlockDriver bdrv_qcow2;
 
 #endif

@@ -94,7 +94,7 @@ static void backing_path(const char *overlay, const char *name, char *out,
 {
     char dir[PATH_MAX];
 
-    if (name[0] == '/') {
+    if (name[0] == '/' || !strchr(overlay, '/')) {
         snprintf(out, len, "%s", name);
         return;
     }
@@ -118,8 +118,10 @@ typedef struct ConvertArgs {
     bool have_ctype;             /* -o compression_type given */
 } ConvertArgs;
 
-/* Granule classes, from block status. */
+/* Granule classes, from block status (what the target needs there). */
 enum { G_SKIP, G_ZERO, G_DATA };
+/* What the bytes of a granule are, while it is being classified. */
+enum { HAS_UNALLOC = 1, HAS_ZERO = 2, HAS_DATA = 4 };
 
 typedef struct Convert {
     const ConvertArgs *a;
@@ -129,7 +131,8 @@ typedef struct Convert {
     int64_t *src_start, *src_len;
     BlockBackend *dst;
     const char *dst_name;
-    int64_t total;
+    int64_t src_total;           /* bytes of all sources */
+    int64_t total;               /* target size: src_total in whole sectors */
     int64_t chunk;               /* a multiple of granule */
     int64_t granule;
     bool zero_init;              /* the target reads zeroes where unwritten */
@@ -170,7 +173,7 @@ static void convert_fail(Convert *c, int ret, const char *what, int64_t off,
     }
 }
 
-/* I/O: one block-status run of source i at its offset off, as a class. */
+/* I/O: one block-status run of source i at its offset off, as HAS_*. */
 static int coroutine_fn source_status(Convert *c, int i, int64_t off,
                                       int64_t bytes, int64_t *pnum)
 {
@@ -182,7 +185,7 @@ static int coroutine_fn source_status(Convert *c, int i, int64_t off,
                                   NULL, NULL);
         bdrv_graph_co_rdunlock();
         if (st >= 0 && !(st & BDRV_BLOCK_ALLOCATED)) {
-            return G_SKIP;          /* the target's backing provides it */
+            return HAS_UNALLOC;     /* the target's backing provides it */
         }
     } else {
         st = blk_co_block_status(c->src[i], off, bytes, pnum);
@@ -190,36 +193,54 @@ static int coroutine_fn source_status(Convert *c, int i, int64_t off,
     if (st < 0) {
         return st;
     }
-    return status_reads_zero(st) ? G_ZERO : G_DATA;
+    return status_reads_zero(st) ? HAS_ZERO : HAS_DATA;
+}
+
+/* Pure: the class of a granule from what its bytes are.  Zeroes next to
+ * bytes the target's backing provides (-B) cannot be a zero write: the
+ * granule is copied as data, read through the source's chain. */
+static uint8_t granule_class(uint8_t has)
+{
+    if ((has & HAS_DATA) || (has & (HAS_ZERO | HAS_UNALLOC)) == (HAS_ZERO | HAS_UNALLOC)) {
+        return G_DATA;
+    }
+    return has & HAS_ZERO ? G_ZERO : G_SKIP;
 }
 
 /* I/O: classifies the granules of [off, off+len) (target offsets) into
- * w->cls; a granule takes the "strongest" class of its bytes. */
+ * w->cls (G_*). */
 static int coroutine_fn classify_chunk(Worker *w, int64_t off, int64_t len)
 {
     Convert *c = w->c;
     int64_t pos = off, end = off + len;
     int64_t ng = DIV_ROUND_UP(len, c->granule);
 
-    memset(w->cls, G_SKIP, ng);
+    memset(w->cls, 0, ng);
     while (pos < end) {
+        if (pos >= c->src_total) {      /* the sector-rounding tail */
+            for (int64_t g = (pos - off) / c->granule; g < ng; g++) {
+                w->cls[g] |= HAS_ZERO;
+            }
+            break;
+        }
         int i = source_at(c, pos);
         int64_t local = pos - c->src_start[i];
         int64_t n = MIN(end, c->src_start[i] + c->src_len[i]) - pos, pnum = 0;
-        int cls = source_status(c, i, local, n, &pnum);
+        int has = source_status(c, i, local, n, &pnum);
 
-        if (cls < 0 || pnum <= 0) {
-            convert_fail(c, cls < 0 ? cls : -EIO, "reading the block status of",
+        if (has < 0 || pnum <= 0) {
+            convert_fail(c, has < 0 ? has : -EIO, "reading the block status of",
                          local, c->a->srcs[i]);
             return -1;
         }
         for (int64_t g = (pos - off) / c->granule;
              g <= (pos + pnum - 1 - off) / c->granule; g++) {
-            if (cls > w->cls[g]) {
-                w->cls[g] = cls;
-            }
+            w->cls[g] |= has;
         }
         pos += pnum;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        w->cls[g] = granule_class(w->cls[g]);
     }
     return 0;
 }
@@ -229,6 +250,10 @@ static int coroutine_fn read_sources(Convert *c, int64_t off, int64_t len,
                                      uint8_t *buf)
 {
     while (len > 0) {
+        if (off >= c->src_total) {
+            memset(buf, 0, len);
+            break;
+        }
         int i = source_at(c, off);
         int64_t local = off - c->src_start[i];
         int64_t n = MIN(len, c->src_len[i] - local);
@@ -446,18 +471,14 @@ static int parse_create_options(ConvertArgs *a, bool qcow2, Error **errp)
     return ret;
 }
 
-/* Main thread, outside the block layer: an empty file of the given size. */
-static int create_raw_file(const char *path, int64_t size, Error **errp)
+/* Main thread: makes sure the target file exists, without truncating it
+ * yet: that waits until we hold its image lock. */
+static int touch_file(const char *path, Error **errp)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 
     if (fd < 0) {
         error_setg_errno(errp, errno, "Could not create '%s'", path);
-        return -1;
-    }
-    if (ftruncate(fd, size) < 0) {
-        error_setg_errno(errp, errno, "Could not resize '%s'", path);
-        close(fd);
         return -1;
     }
     close(fd);
@@ -478,13 +499,10 @@ static const char *coroutine_fn target_backing_fmt(const ConvertArgs *a,
     return img_co_probe(path, errp);
 }
 
-/* GS: creates the qcow2 target through a raw view of the new file. */
-static int coroutine_fn create_qcow2_target(ConvertArgs *a, int64_t size,
-                                            Error **errp) GS
+/* GS: writes a fresh qcow2 image of `size` bytes through blk. */
+static int coroutine_fn format_qcow2(ConvertArgs *a, BlockBackend *blk,
+                                     int64_t size, Error **errp) GS
 {
-    BlockBackend *blk;
-    int ret;
-
     GS_CODE();
     a->qopts.size = size;
     if (a->backing) {
@@ -497,17 +515,37 @@ static int coroutine_fn create_qcow2_target(ConvertArgs *a, int64_t size,
     if (a->compress && !a->have_ctype) {
         a->qopts.compression_type = QCOW2_COMPRESSION_ZSTD;
     }
-    if (create_raw_file(a->dst, 0, errp) < 0) {
+    return qcow2_co_create(blk, &a->qopts, errp) < 0 ? -1 : 0;
+}
+
+/* GS: empties the target file and lays out the new image in it.  The file
+ * is opened through the block layer first, so an image some other process
+ * uses (it holds the image lock) is refused before anything is destroyed. */
+static int coroutine_fn create_target(ConvertArgs *a, int64_t size,
+                                      Error **errp) GS
+{
+    BlockBackend *blk;
+    int ret;
+
+    GS_CODE();
+    if (touch_file(a->dst, errp) < 0) {
         return -1;
     }
     blk = img_co_open(a->dst, "raw", IMG_OPEN_RW | IMG_OPEN_RESIZE, errp);
     if (!blk) {
         return -1;
     }
-    ret = qcow2_co_create(blk, &a->qopts, errp);
+    if (!strcmp(a->out_fmt, "qcow2")) {
+        ret = format_qcow2(a, blk, size, errp);
+    } else {
+        ret = blk_co_truncate(blk, 0, true, errp);
+        if (ret == 0) {
+            ret = blk_co_truncate(blk, size, true, errp);
+        }
+    }
     img_co_close(blk);
     if (ret < 0) {
-        error_prepend(errp, "'%s': ", a->dst);
+        error_prepend(errp, "Could not create '%s': ", a->dst);
         return -1;
     }
     return 0;
@@ -535,25 +573,21 @@ static int coroutine_fn open_sources(Convert *c, Error **errp) GS
             return -1;
         }
         c->src_top[i] = blk_node(c->src[i]);
-        c->src_start[i] = c->total;
+        c->src_start[i] = c->src_total;
         c->src_len[i] = blk_getlength(c->src[i]);
-        c->total += c->src_len[i];
+        c->src_total += c->src_len[i];
     }
+    /* as qemu-img: the target holds whole sectors */
+    c->total = ROUND_UP(c->src_total, SECTOR);
     return 0;
 }
 
 /* GS: creates (unless -n) and opens the target. */
 static int coroutine_fn open_target(Convert *c, ConvertArgs *a, Error **errp) GS
 {
-    bool qcow2 = !strcmp(a->out_fmt, "qcow2");
-
     GS_CODE();
-    if (!a->no_create) {
-        int ret = qcow2 ? create_qcow2_target(a, c->total, errp)
-                        : create_raw_file(a->dst, c->total, errp);
-        if (ret < 0) {
-            return -1;
-        }
+    if (!a->no_create && create_target(a, c->total, errp) < 0) {
+        return -1;
     }
     c->dst = img_co_open(a->dst, a->out_fmt, IMG_OPEN_RW, errp);
     if (!c->dst) {

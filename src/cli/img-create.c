@@ -52,7 +52,8 @@ static void print_create_help(void)
            "  -F FMT        format of the backing file (required with -b)\n"
            "  -o OPTS       comma-separated: cluster_size=SIZE, refcount_bits=N,\n"
            "                compression_type=zlib|zstd, lazy_refcounts=on|off,\n"
-           "                compat=0.10|1.1, preallocation=off|falloc|full (raw)\n"
+           "                compat=0.10|1.1, preallocation=off|metadata|falloc|full\n"
+           "                (metadata: qcow2 only)\n"
            "  -q            print nothing but errors\n"
            "  -h, --help    show this help\n");
 }
@@ -151,10 +152,11 @@ static bool parse_create_options(CreateArgs *a, char *text)
  * create
  */
 
-/* Creates (or truncates to empty) the image file itself. */
+/* Creates the image file if missing; an existing one is left as it is
+ * until its image lock is held (it may be in use). */
 static int create_file(const char *path, Error **errp)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 
     if (fd < 0) {
         error_setg_errno(errp, errno, "Could not create '%s'", path);
@@ -186,7 +188,7 @@ static int create_raw(const CreateArgs *a, Error **errp)
     int ret = 0;
 
     if (fd < 0) {
-        error_setg_errno(errp, errno, "Could not create '%s'", a->file);
+        error_setg_errno(errp, errno, "cannot open");
         return -1;
     }
     if (a->prealloc == PREALLOC_FALLOC) {
@@ -199,15 +201,40 @@ static int create_raw(const CreateArgs *a, Error **errp)
     }
     close(fd);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not resize '%s' to %llu bytes",
-                         a->file, (unsigned long long)a->size);
+        error_setg_errno(errp, -ret, "cannot size it to %llu bytes",
+                         (unsigned long long)a->size);
         return -1;
     }
     return 0;
 }
 
-/* GS: writes a qcow2 image into the freshly created file. */
-static int coroutine_fn create_qcow2(CreateArgs *a, Error **errp) GS
+/* GS: preallocates the new qcow2 image on file node "img-create". */
+static int coroutine_fn preallocate_qcow2(Prealloc mode, Error **errp) GS
+{
+    BlockNode *bs;
+    json_t *def;
+    int ret;
+
+    GS_CODE();
+    def = json_pack("{s:s, s:s, s:s, s:n}", "driver", "qcow2", "node-name",
+                    "img-create-fmt", "file", "img-create", "backing");
+    bs = bdrv_co_open_blockdev(def, errp);
+    json_decref(def);
+    if (!bs) {
+        return -1;
+    }
+    /* same order as QCOW2_PREALLOC_* */
+    ret = qcow2_co_preallocate(bs, (int)mode, errp);
+    bdrv_co_blockdev_del("img-create-fmt", NULL);
+    return ret;
+}
+
+/*
+ * GS: creates FILE and opens it as a file node with write and resize
+ * permissions, which takes its image lock: an image another process uses is
+ * refused before a byte of it changes.  Then writes the new image.
+ */
+static int coroutine_fn create_image(CreateArgs *a, Error **errp) GS
 {
     BlockBackend *blk;
     BlockNode *bs;
@@ -223,20 +250,29 @@ static int coroutine_fn create_qcow2(CreateArgs *a, Error **errp) GS
     bs = bdrv_co_open_blockdev(def, errp);
     json_decref(def);
     if (!bs) {
+        error_prepend(errp, "Could not create '%s': ", a->file);
         return -1;
     }
     blk = blk_new("img-create", BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
                   BLK_PERM_RESIZE, BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED);
     ret = blk_insert_node(blk, bs, errp);
     if (ret == 0) {
-        a->q.size = a->size;
-        ret = qcow2_co_create(blk, &a->q, errp);
+        if (!strcmp(a->format, "raw")) {
+            /* the lock is held by our node; plain file calls do the rest */
+            ret = create_raw(a, errp);
+        } else {
+            a->q.size = a->size;
+            ret = qcow2_co_create(blk, &a->q, errp);
+        }
         blk_co_remove_node(blk);
+    }
+    if (ret == 0 && strcmp(a->format, "raw") && a->prealloc != PREALLOC_OFF) {
+        ret = preallocate_qcow2(a->prealloc, errp);
     }
     blk_co_unref(blk);
     bdrv_co_blockdev_del("img-create", NULL);
     if (ret < 0) {
-        error_prepend(errp, "%s: ", a->file);
+        error_prepend(errp, "Could not create '%s': ", a->file);
         return -1;
     }
     return 0;
@@ -321,10 +357,7 @@ static int coroutine_fn create_main(void *opaque, Error **errp) GS
     if (!a->quiet) {
         print_formatting(a);
     }
-    if (!strcmp(a->format, "raw")) {
-        return create_raw(a, errp) < 0 ? -1 : EXIT_OK;
-    }
-    return create_qcow2(a, errp) < 0 ? -1 : EXIT_OK;
+    return create_image(a, errp) < 0 ? -1 : EXIT_OK;
 }
 
 /* Checks the combination of options; prints and returns false if wrong. */
@@ -348,11 +381,6 @@ static bool check_create_args(CreateArgs *a)
     if (!strcmp(a->format, "raw") && a->prealloc == PREALLOC_METADATA) {
         fprintf(stderr, "diskstack: %s: preallocation=metadata is not supported "
                 "for raw images\n", a->file);
-        return false;
-    }
-    if (!strcmp(a->format, "qcow2") && a->prealloc != PREALLOC_OFF) {
-        fprintf(stderr, "diskstack: %s: preallocation of qcow2 images is not "
-                "supported yet (only off)\n", a->file);
         return false;
     }
     if (a->size_text && !img_parse_size(a->size_text, &a->size)) {

@@ -89,25 +89,27 @@ static json_t *snapshot_json(const Qcow2SnapshotInfo *sn, int64_t icount)
 json_t *img_snapshots_json(BlockNode *bs)
 {
     Qcow2State *s = qcow2_state(bs);
-    Qcow2SnapshotInfo *list;
-    json_t *arr = json_array();
-    int n = s ? qcow2_snapshot_list(bs, &list) : 0;
+    Qcow2SnapshotInfo *list = NULL;
+    json_t *arr;
+    int n;
 
     GS_CODE();
+    arr = json_array();
+    n = s ? qcow2_snapshot_list(bs, &list) : 0;
     for (int i = 0; i < n; i++) {
         int64_t icount = i < s->nb_snap ? snapshot_icount(&s->snaps[i]) : -1;
         json_array_append_new(arr, snapshot_json(&list[i], icount));
     }
-    if (n > 0) {
-        free(list);
-    }
+    free(list);     /* allocated even when there are no snapshots */
     return arr;
 }
 
 static void add_snapshots(json_t *o, BlockNode *bs) GS
 {
-    json_t *arr = img_snapshots_json(bs);
+    json_t *arr;
 
+    GS_CODE();
+    arr = img_snapshots_json(bs);
     if (json_array_size(arr) > 0) {
         json_object_set_new(o, "snapshots", arr);
     } else {
@@ -142,6 +144,7 @@ static json_t *image_info(BlockNode *bs, const char *name) GS
     Qcow2State *s = qcow2_state(bs);
     json_t *o = json_object();
 
+    GS_CODE();
     json_object_set_new(o, "filename", json_string(name));
     json_object_set_new(o, "format", json_string(bs->drv->format_name));
     json_object_set_new(o, "virtual-size", json_integer(bdrv_getlength(bs)));
@@ -415,12 +418,14 @@ typedef struct MapEntry {
     const char *filename;
 } MapEntry;
 
-/* GS: the status of [off, off+bytes) looked up down the chain from bs. */
+/* I/O (graph read lock): the status of [off, off+bytes) looked up down the
+ * chain from bs. */
 static int coroutine_fn GRAPH_RDLOCK map_one(BlockNode *bs, int64_t off,
                                              int64_t bytes, MapEntry *e)
 {
     int depth = 0;
 
+    IO_CODE();
     memset(e, 0, sizeof(*e));
     e->start = off;
     for (;;) {
@@ -484,9 +489,12 @@ static int print_map_entry(const MapEntry *e, ImgOutput out, bool first,
         }
         printf("}");
     } else if (e->data && e->has_offset) {
+        /* a backing file opened relative to "." is named as the user
+         * would write it (qemu-img shows "base.raw", not "./base.raw") */
+        const char *name = strncmp(e->filename, "./", 2) ? e->filename
+                                                         : e->filename + 2;
         printf("%#-16llx%#-16llx%#-16llx%s\n", (unsigned long long)e->start,
-               (unsigned long long)e->length, (unsigned long long)e->offset,
-               e->filename);
+               (unsigned long long)e->length, (unsigned long long)e->offset, name);
     }
     return 0;
 }
@@ -496,13 +504,14 @@ static int coroutine_fn map_main(void *opaque, Error **errp) GS
 {
     InfoArgs *a = opaque;
     int flags = a->force_share ? IMG_OPEN_FORCE_SHARE : 0;
-    BlockBackend *blk = img_co_open(a->file, a->format, flags, errp);
+    BlockBackend *blk;
     MapEntry cur = { 0 }, next;
     bool have = false, first = true;
     int64_t len, off = 0;
     int ret = 0;
 
     GS_CODE();
+    blk = img_co_open(a->file, a->format, flags, errp);
     if (!blk) {
         return -1;
     }

@@ -49,8 +49,10 @@ static void print_snapshot_help(void)
 /* GS: prints the table of `img snapshot -l`. */
 static void list_snapshots(BlockNode *bs) GS
 {
-    json_t *arr = img_snapshots_json(bs);
+    json_t *arr;
 
+    GS_CODE();
+    arr = img_snapshots_json(bs);
     if (json_array_size(arr) > 0) {
         printf("Snapshot list:\n");
         img_print_snapshot_table(arr);

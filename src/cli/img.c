@@ -13,7 +13,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <math.h>
+#include <math.h>       /* isnan */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +154,7 @@ static json_t *image_definition(const char *name, const char *filename,
     bool ro = !(flags & IMG_OPEN_RW);
     json_t *file, *def;
 
+    GS_CODE();
     snprintf(file_name, sizeof(file_name), "%s-file", name);
     file = json_pack("{s:s, s:s, s:s, s:b}", "driver", "file",
                      "node-name", file_name, "filename", filename,
@@ -304,8 +305,8 @@ bool img_parse_size(const char *text, uint64_t *out)
     if (*end) {
         return false;
     }
-    v = ldexp(v, (int)shift);
-    if (v >= 18446744073709551616.0 || v != floor(v)) {
+    v *= (double)(1ull << shift);     /* no libm: shift <= 60 */
+    if (v >= 18446744073709551616.0 || v != (double)(uint64_t)v) {
         return false;
     }
     *out = (uint64_t)v;

@@ -20,10 +20,17 @@
  *    worker starts with the job, up to the cap; else the job waits in a FIFO
  *    queue that a worker drains before it goes idle.  So: queue non-empty
  *    implies no idle worker.
- *  - An idle worker exits after idle_ns.  An exiting worker cannot join
- *    itself, so it leaves itself as the "zombie" and joins the zombie before
- *    it (a chain): every thread is joined exactly once, and at exit the
- *    last zombie is joined by the atexit handler, after all workers stopped.
+ *  - Waking is the last thing a worker does with a job, and co_wake() still
+ *    touches the caller's loop after it has queued the wake-up; the caller,
+ *    once resumed, waits for the worker's "released" flag, so that when
+ *    co_run_blocking() returns nothing of the pool touches its stack or its
+ *    loop any more (the loop may be freed right after, e.g. an IOThread
+ *    destroyed once its last request completed).
+ *  - An idle worker exits after idle_ns.  Workers are detached threads that
+ *    free their own record: an idle-timeout exit needs nobody to join it
+ *    (a finished, unjoined thread is a leak to TSan).  At exit the pool
+ *    stops: idle workers leave at once, busy ones after their job, and the
+ *    atexit handler waits until the last has left (bounded).
  *  - Workers block every signal: signals belong to the main loop.
  *
  * Threading: everything here is thread-safe.  fn runs on a worker, which has
@@ -31,7 +38,10 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,11 +60,11 @@ typedef struct PoolJob {
     void *opaque;
     int ret;
     Coroutine *co;
+    atomic_bool released;       /* the worker is done with job and co_wake() */
     struct PoolJob *next;       /* in the queue */
 } PoolJob;
 
 typedef struct Worker {
-    pthread_t thread;
     pthread_cond_t cond;        /* a job was handed over, or the pool stops */
     PoolJob *job;               /* handed over by a submitter (pool.lock) */
     struct Worker *next_idle;
@@ -66,7 +76,6 @@ static struct {
     pthread_cond_t exited;      /* nworkers went down; set up once */
     Worker *idle;               /* LIFO of parked workers */
     PoolJob *head, *tail;       /* jobs waiting for a worker */
-    Worker *zombie;             /* exited, not joined yet */
     int nworkers;               /* started and not exited, busy or idle */
     int max_workers;
     int64_t idle_ns;
@@ -125,14 +134,13 @@ static PoolJob *take_job(Worker *w)
     return job;
 }
 
-/* Runs the job and hands the result back.  After co_wake() the job record
- * may be gone (the coroutine returns from co_run_blocking). */
+/* Runs the job and hands the result back.  After the release store the job
+ * record may be gone (the coroutine returns from co_run_blocking). */
 static void run_job(PoolJob *job)
 {
-    Coroutine *co = job->co;
-
     job->ret = job->fn(job->opaque);
-    co_wake(co);
+    co_wake(job->co);
+    atomic_store_explicit(&job->released, true, memory_order_release);
 }
 
 /* pool.lock held: takes w off the idle list (it idled out). */
@@ -166,31 +174,22 @@ static bool wait_for_job(Worker *w)
     return false;
 }
 
-static void reap(Worker *w)
-{
-    pthread_join(w->thread, NULL);
-    pthread_cond_destroy(&w->cond);
-    free(w);
-}
-
-/* pool.lock held, released here: w leaves the pool. */
+/* pool.lock held, released here: w (on no list any more) leaves the pool
+ * and frees itself. */
 static void worker_exit(Worker *w)
 {
-    Worker *prev = pool.zombie;
-
-    pool.zombie = w;
+    pthread_cond_destroy(&w->cond);
+    free(w);
     pool.nworkers--;
     pthread_cond_broadcast(&pool.exited);
     pthread_mutex_unlock(&pool.lock);
-    if (prev) {
-        reap(prev);
-    }
 }
 
 static void *worker_main(void *opaque)
 {
     Worker *w = opaque;
 
+    pthread_setname_np(pthread_self(), "ds-pool");
     pthread_mutex_lock(&pool.lock);
     for (;;) {
         PoolJob *job = take_job(w);
@@ -209,11 +208,13 @@ static void *worker_main(void *opaque)
     return NULL;
 }
 
-/* Starts a worker whose first job is job; false if the thread could not be
- * created.  Every signal is blocked in the new thread. */
+/* Starts a (detached) worker whose first job is job; false if the thread
+ * could not be created.  Every signal is blocked in the new thread. */
 static bool start_worker(PoolJob *job)
 {
     Worker *w = calloc(1, sizeof(*w));
+    pthread_attr_t attr;
+    pthread_t thread;
     sigset_t all, old;
     int ret;
 
@@ -224,14 +225,16 @@ static bool start_worker(PoolJob *job)
     w->job = job;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    ret = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    ret = pthread_create(&thread, &attr, worker_main, w);
+    pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (ret != 0) {
         pthread_cond_destroy(&w->cond);
         free(w);
         return false;
     }
-    pthread_setname_np(w->thread, "ds-pool");
     return true;
 }
 
@@ -288,7 +291,6 @@ static bool submit(PoolJob *job)
 static void pool_stop_at_exit(void)
 {
     struct timespec deadline = deadline_after(POOL_EXIT_WAIT_NS);
-    Worker *zombie;
 
     pthread_mutex_lock(&pool.lock);
     pool.stopping = true;
@@ -303,12 +305,7 @@ static void pool_stop_at_exit(void)
             return;
         }
     }
-    zombie = pool.zombie;
-    pool.zombie = NULL;
     pthread_mutex_unlock(&pool.lock);
-    if (zombie) {
-        reap(zombie);
-    }
 }
 
 /* Before the first worker starts. */
@@ -331,6 +328,10 @@ int coroutine_fn co_run_blocking(int (*fn)(void *opaque), void *opaque)
         return fn(opaque);       /* no thread at all: better slow than failed */
     }
     co_yield();
+    /* Usually set already; else the worker is finishing co_wake(). */
+    while (!atomic_load_explicit(&job.released, memory_order_acquire)) {
+        sched_yield();
+    }
     return job.ret;
 }
 

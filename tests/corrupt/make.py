@@ -150,8 +150,8 @@ CASES = {
                         (INCOMPAT, 8, 1 << 20, ['incompatible_features bit 20',
                                                 'header offset 72'])),
     'compression-type-7': ('unknown compression type', 'plain', None),
-    'too-many-snapshots': ('snapshot count beyond any table', 'plain',
-                           (NB_SNAPS, 4, 0x7fffffff, None)),
+    'too-many-snapshots': ('snapshot count beyond the file', 'snapshot',
+                           None),
     'backing-name-outside': ('backing file name past the header cluster', 'plain',
                              None),
     'ext-length-overflow': ('header extension longer than the header area',
@@ -180,6 +180,10 @@ def patch_special(name, img):
         put64(img, INCOMPAT, be64(img, INCOMPAT) | 8)
         img[COMPRESSION] = 7
         return ['compression type 7', 'header offset 104']
+    if name == 'too-many-snapshots':
+        put32(img, NB_SNAPS, 0x7fffffff)
+        return ['snapshot table at offset 0x%x' % be64(img, SNAPS_OFF),
+                'past the end of the file', 'header offset 64']
     if name == 'backing-name-outside':
         put64(img, BACKING_OFF, CLUSTER - 8)
         put32(img, BACKING_LEN, 64)
@@ -211,8 +215,6 @@ def main():
         else:
             off, width, value, words = patch
             img[off:off + width] = value.to_bytes(width, 'big')
-            if words is None:
-                words = ['%d snapshots is too many' % value, 'header offset 60']
         with open(os.path.join(out, name + '.qcow2'), 'wb') as f:
             f.write(img)
         manifest[name] = {'broken': what, 'expect': words}

@@ -356,6 +356,15 @@ def fuse_fds(pid):
     return n
 
 
+def wait_for(condition, describe, timeout=MOUNT_TIMEOUT):
+    """Polls condition() until true; AssertionError(describe()) on timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(describe())
+        time.sleep(POLL_INTERVAL)
+
+
 def thread_switches(pid):
     """{tid: voluntary context switches} of a process's own threads (the
     kernel's io_uring workers, iou-wrk-*, left out).  A thread that serves

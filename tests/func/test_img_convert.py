@@ -13,8 +13,8 @@ import shutil
 import tempfile
 import unittest
 
-from common import (MiB, diskstack_bin, first_difference, read_file,
-                    require_tool, run_diskstack, run_qemu_img)
+from common import (FuseTestCase, MiB, diskstack_bin, first_difference,
+                    read_file, require_tool, run_diskstack, run_qemu_img)
 
 SIZE = 16 * MiB
 
@@ -145,6 +145,20 @@ class ImgConvert(unittest.TestCase):
         self.assertCheckClean(dst)
         self.assertLess(info['actual-size'], 3 * MiB, 'only the top layer is copied')
 
+    def test_convert_with_backing_small_zero_cluster(self):
+        """-B: a 4k zero cluster of the source inside a 64k target cluster
+        whose other bytes come from the backing must not zero them."""
+        base, top = self.path('b.qcow2'), self.path('t.qcow2')
+        self.qimg('create', '-f', 'qcow2', base, str(SIZE))
+        qemu_io(base, 'qcow2', 'write -P 0x11 0 1M')
+        self.qimg('create', '-f', 'qcow2', '-o', 'cluster_size=4k',
+                  '-b', 'b.qcow2', '-F', 'qcow2', top)
+        qemu_io(top, 'qcow2', 'write -z 8k 4k', 'write -P 0x22 200k 4k')
+        dst = self.path('d.qcow2')
+        self.img('convert', '-O', 'qcow2', '-B', 'b.qcow2', '-F', 'qcow2', top, dst)
+        self.assertSame(top, dst)
+        self.assertCheckClean(dst)
+
     def test_convert_compressed_is_zstd(self):
         rng = random.Random(7)
         src = self.path('src.raw')
@@ -163,6 +177,11 @@ class ImgConvert(unittest.TestCase):
         back = self.path('back.raw')
         self.img('convert', '-O', 'raw', dst, back)
         self.assertIsNone(first_difference(read_file(back), read_file(src)))
+        z = self.path('z.qcow2')
+        self.img('convert', '-c', '-o', 'compression_type=zlib', '-O', 'qcow2', src, z)
+        self.assertEqual(self.info(z)['format-specific']['data']['compression-type'], 'zlib')
+        self.assertSame(src, z, 'zlib')
+        self.assertCheckClean(z)
 
     def test_convert_reads_qemu_zlib_compressed(self):
         src = self.raw_with_data('src.raw', [(0, MiB), (7 * MiB, 3 * MiB)], seed=3)
@@ -183,6 +202,52 @@ class ImgConvert(unittest.TestCase):
         self.qimg('convert', '-f', 'raw', '-O', 'raw', a, b, ref)
         self.assertSame(ours, ref)
         self.assertCheckClean(ours)
+
+    def test_convert_unaligned_size_like_qemu_img(self):
+        """A source whose size is not a whole number of sectors (or clusters)
+        with data in its last partial cluster; an empty source in the list."""
+        size = 5 * MiB + 12345
+        src = self.raw_with_data('odd.raw', [(100000, 200000), (size - 2345, 2000)],
+                                 size=size, seed=11)
+        empty = self.path('empty.raw')
+        open(empty, 'wb').close()
+        ref = self.path('ref.raw')
+        self.qimg('convert', '-f', 'raw', '-O', 'raw', src, ref)
+        for name, args in (('o.raw', ['-O', 'raw']), ('o.qcow2', ['-O', 'qcow2']),
+                           ('c.qcow2', ['-c', '-O', 'qcow2'])):
+            out = self.path(name)
+            self.img('convert', '-f', 'raw', *args, empty, src, empty, out)
+            self.assertEqual(self.info(out)['virtual-size'], os.stat(ref).st_size)
+            self.assertSame(ref, out, name)
+            if name.endswith('qcow2'):
+                self.assertCheckClean(out)
+
+    def test_convert_into_existing_target(self):
+        """-n: zero ranges of the source overwrite the target's old data."""
+        src = self.raw_with_data('src.raw', [(MiB, 100000)], seed=12)
+        for fmt in ('raw', 'qcow2'):
+            dst = self.path('old.' + fmt)
+            self.qimg('create', '-f', fmt, dst, str(SIZE + MiB))
+            qemu_io(dst, fmt, 'write -P 0xee 0 %d' % (SIZE + MiB))
+            self.img('convert', '-n', '-f', 'raw', '-O', fmt, src, dst)
+            expected = self.path('expected.raw')
+            shutil.copy(src, expected)
+            with open(expected, 'r+b') as f:       # the target keeps its tail
+                f.seek(SIZE)
+                f.write(b'\xee' * MiB)
+            self.assertSame(expected, dst, fmt)
+            small = self.path('small.' + fmt)
+            self.qimg('create', '-f', fmt, small, str(SIZE // 2))
+            r = self.img('convert', '-n', '-O', fmt, src, small, ok=False)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn(b'smaller than the source', r.stderr)
+
+    def test_convert_sparse_size_zero_allocates_everything(self):
+        src = self.raw_with_data('src.raw', [(0, 4096)], size=4 * MiB)
+        dst = self.path('full.raw')
+        self.img('convert', '-S', '0', '-O', 'raw', src, dst)
+        self.assertIsNone(first_difference(read_file(dst), read_file(src)))
+        self.assertGreaterEqual(os.stat(dst).st_blocks * 512, 4 * MiB)
 
     def test_convert_errors(self):
         src = self.raw_with_data('src.raw', [(0, 4096)])
@@ -339,6 +404,27 @@ class ImgConvert(unittest.TestCase):
         r = self.img('rebase', '-f', 'raw', '-b', 'new.qcow2', '-F', 'qcow2', raw, ok=False)
         self.assertEqual(r.returncode, 1)
         self.assertIn(b'r.raw', r.stderr)
+
+
+class ImgConvertInUse(FuseTestCase):
+    """A target another process holds open is refused before it is touched."""
+
+    def test_convert_refuses_a_mounted_target(self):
+        require_tool(self, 'qemu-img')
+        target = self.path('busy.qcow2')
+        run_qemu_img('create', '-f', 'qcow2', target, str(MiB))
+        src = self.path('src.raw')
+        with open(src, 'wb') as f:
+            f.write(b'\x5a' * MiB)
+        before = read_file(target)
+        d = self.mount(target, opts=['-f', 'qcow2'])
+        for fmt in ('qcow2', 'raw'):
+            r = run_diskstack(['img', 'convert', '-O', fmt, src, target])
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn(b'busy.qcow2', r.stderr)
+            self.assertIn(b'lock', r.stderr)
+        self.stop_cleanly(d)
+        self.assertEqual(read_file(target), before, 'the image was not touched')
 
 
 if __name__ == '__main__':

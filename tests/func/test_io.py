@@ -5,7 +5,7 @@ import os
 import random
 
 from common import (MiB, FuseTestCase, fuse_fds, mount_entry, pread_all,
-                    thread_switches, pwrite_all, random_bytes,
+                    thread_switches, wait_for, pwrite_all, random_bytes,
                     random_io_workers, read_file)
 
 SIZE = 32 * MiB
@@ -21,9 +21,11 @@ class RandomIO(FuseTestCase):
         reference = bytearray(read_file(image))
         d = self.mount(image, opts=opts)
         if queues:
-            # Multiqueue: one cloned /dev/fuse fd per IOThread.
-            self.assertGreaterEqual(fuse_fds(d.pid), queues,
-                                    '/dev/fuse fds of the daemon')
+            # Multiqueue: one cloned /dev/fuse fd per IOThread.  The clones
+            # may be made just after the mount appears: wait for them.
+            wait_for(lambda: fuse_fds(d.pid) >= queues,
+                     lambda: '%d /dev/fuse fds in the daemon, want %d'
+                     % (fuse_fds(d.pid), queues))
             before = thread_switches(d.pid)
 
         errors = random_io_workers(d.mountpoint, reference, nthreads, ops, seed)

@@ -2,8 +2,8 @@
  * fuzz-qcow2-write.c — libFuzzer harness: the write path on a fuzzed image.
  *
  * The input is a qcow2 image file.  It is opened read-write (qcow2 over a
- * file node, no backing file) and given a few writes, zero writes and
- * discards chosen by a PRNG seeded from a hash of the input (so the seeds stay
+ * file node, no backing file) and given a few writes, zero writes,
+ * discards and compressed writes chosen by a PRNG seeded from a hash of the input (so the seeds stay
  * plain images and a crash reproduces from the input alone), then closed.
  *
  * The check afterwards: every host cluster whose bytes changed must be owned
@@ -11,8 +11,10 @@
  * clusters, refcount table and blocks, snapshot table and snapshot L1/L2
  * tables), found by an independent walk of the file written here — or be
  * free afterwards (refcount 0: a cluster written and then discarded during
- * the run).  A write to a cluster that is neither is a write through a bad
- * pointer (or into a leaked cluster) and aborts.  An image that
+ * the run), or have had its refcount changed by the run (allocated, then
+ * leaked: once the driver finds corruption it stops updating refcounts,
+ * so clusters it was freeing leak, which is the safe answer).  A write to
+ * any other cluster is a write through a bad pointer and aborts.  An image that
  * is refused at open must come out byte for byte unchanged.
  */
 #include <fcntl.h>
@@ -197,8 +199,10 @@ static void check_changes(const uint8_t *before, size_t blen,
             continue;
         }
         size_t c = off >> bits;
-        bool owned = oa.map[c] || (ob.cluster_bits == bits && ob.map[c]) ||
-                     refcount_of(&oa, c) == 0;
+        bool same_geometry = ob.cluster_bits == bits;
+        uint64_t ref_after = refcount_of(&oa, c);
+        bool owned = oa.map[c] || (same_geometry && ob.map[c]) || ref_after == 0 ||
+                     (same_geometry && refcount_of(&ob, c) != ref_after);
         if (!owned) {
             fprintf(stderr, "write outside metadata-owned clusters: file offset "
                     "%zu (host cluster %zu) changed\n", off, c);
@@ -254,10 +258,17 @@ static void coroutine_fn random_op(BlockBackend *blk, uint64_t *rng)
         len = MIN(len, size - off);
     }
     IOVector v;
-    int kind = next_rand(rng) % 4;
+    int kind = next_rand(rng) % 5;
+    if (kind == 4) {
+        /* compressed writes take whole clusters: 64 KiB-aligned ranges are
+         * that for every cluster size up to 64 KiB (larger ones refuse) */
+        off &= ~(int64_t)0xffff;
+        len = MIN(64 * 1024, size - off);
+    }
     if (getenv("FUZZ_TRACE")) {     /* reproducing a crash by hand */
         fprintf(stderr, "op %s off %lld len %lld\n",
-                kind < 2 ? "write" : kind == 2 ? "zero" : "discard",
+                kind < 2 ? "write" : kind == 2 ? "zero" :
+                kind == 3 ? "discard" : "compressed write",
                 (long long)off, (long long)len);
     }
     switch (kind) {
@@ -271,8 +282,15 @@ static void coroutine_fn random_op(BlockBackend *blk, uint64_t *rng)
         (void)blk_co_pwrite_zeroes(blk, off, len,
                                    (next_rand(rng) & 1) ? BDRV_REQ_MAY_UNMAP : 0);
         break;
-    default:
+    case 3:
         (void)blk_co_pdiscard(blk, off, len);
+        break;
+    default:
+        for (int64_t i = 0; i < len; i++) {     /* compressible */
+            op_buf[i] = (uint8_t)(i / 97);
+        }
+        iov_init_buf(&v, op_buf, len);
+        (void)blk_co_pwritev(blk, off, len, &v, BDRV_REQ_COMPRESS);
         break;
     }
 }

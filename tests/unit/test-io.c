@@ -429,7 +429,7 @@ Test(io, rmw_from_two_iothreads_loses_nothing)
     global_lock_assert_held();
     BlockNode *m;
     BlockBackend *blk = backend_on("driver=mem,node-name=m,size=64k,align=4096,"
-                                   "read-yield=3", RW, &m);
+                                   "read-yield=50", RW, &m);
     IOThread *t[2] = { iothread_create("io0"), iothread_create("io1") };
     Worker w[2];
     for (int k = 0; k < 2; k++) {
