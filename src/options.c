@@ -196,13 +196,21 @@ json_t *keyval_parse(const char *text, Error **errp)
     return obj;
 }
 
+bool defn_is_json(const char *text)
+{
+    while (isspace((unsigned char)*text)) {
+        text++;
+    }
+    return *text == '{';
+}
+
 json_t *defn_parse(const char *text, Error **errp)
 {
     const char *p = text;
     while (isspace((unsigned char)*p)) {
         p++;
     }
-    if (*p != '{') {
+    if (!defn_is_json(p)) {
         return keyval_parse(text, errp);
     }
     json_error_t jerr;

@@ -28,6 +28,9 @@
 /* Parses "{json}" or key=value into a new object (values as strings for
  * key=value).  Errors name the offending key. */
 json_t *defn_parse(const char *text, Error **errp);
+/* True if text is the JSON syntax: its values already have their types, so
+ * they are checked without coercion (as QMP would check them). */
+bool defn_is_json(const char *text);
 /* Parses key=value only. */
 json_t *keyval_parse(const char *text, Error **errp);
 

@@ -123,7 +123,7 @@ static json_t *parse_object(const char *text)
         json_decref(obj);
         return NULL;
     }
-    if (opts_check(obj, iothread_object_options, true, &err) < 0) {
+    if (opts_check(obj, iothread_object_options, !defn_is_json(text), &err) < 0) {
         error_prepend(&err, "--object %s: ", text);
         cli_report_error(err);
         json_decref(obj);
@@ -165,14 +165,14 @@ static void free_serve_args(ServeArgs *s)
     free(s->exports);
 }
 
-/* GS: one --blockdev: parse, check (coercing key=value strings), open. */
+/* GS: one --blockdev: parse, check (coercing key=value strings only), open. */
 static int coroutine_fn open_blockdev(const char *text, Error **errp) GS
 {
     json_t *def = defn_parse(text, errp);
     BlockNode *bs = NULL;
 
     GS_CODE();
-    if (def && blockdev_def_check(def, true, errp) == 0) {
+    if (def && blockdev_def_check(def, !defn_is_json(text), errp) == 0) {
         bs = bdrv_co_open_blockdev(def, errp);
     }
     json_decref(def);
@@ -208,14 +208,14 @@ static void serve_gone(BlockExport *exp, void *opaque)
     co_spawn(delete_gone_export_co, strdup(block_export_id(exp)));
 }
 
-/* GS: one --export: parse, check (coercing), add. */
+/* GS: one --export: parse, check (coercing key=value strings only), add. */
 static int coroutine_fn add_export(const char *text, Error **errp) GS
 {
     json_t *def = defn_parse(text, errp);
     BlockExport *exp = NULL;
 
     GS_CODE();
-    if (def && opts_check(def, fuse_export_options, true, errp) == 0) {
+    if (def && opts_check(def, fuse_export_options, !defn_is_json(text), errp) == 0) {
         exp = block_export_add(def, errp);
     }
     json_decref(def);

@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -479,4 +480,173 @@ Test(loop, kick_wakes_a_blocked_iteration)
     /* Would block forever without the kick (the suite timeout fails it). */
     loop_iterate(loop_main(), true);
     pthread_join(th, NULL);
+}
+
+/* ---- short sleeps on IOThreads under cross-thread traffic -------------- */
+
+/*
+ * Regression test for a hang seen with co_sleep_ns(1000) on two IOThreads:
+ * a timer stayed on a loop's list, long expired, while that loop slept in
+ * its io_uring wait.  Pairs of coroutines on different IOThreads pass a
+ * token back and forth with co_wake(); every turn sleeps 1 us, does a write
+ * and a read through the ring on a shared file and bounces a bottom half off
+ * another IOThread.  Each sleep must end, so the whole run must finish; the
+ * guard turns a hang into a failure.
+ */
+#define PING_THREADS 3
+#define PING_PAIRS_PER_THREAD 3
+#define PING_PAIRS (PING_THREADS * PING_PAIRS_PER_THREAD)
+#define PING_ROUNDS 1500
+
+typedef struct PingPair {
+    Loop *loop[2];              /* [0]: the opener's, [1]: the answerer's */
+    Loop *bounce;               /* a third loop for loop_schedule traffic */
+    _Atomic(Coroutine *) co[2];
+    int fd;
+    int slot;                   /* this pair's byte range in the file */
+    atomic_int rounds[2];
+    atomic_int errors;
+} PingPair;
+
+static PingPair ping_pairs[PING_PAIRS];
+static atomic_int ping_finished;
+static atomic_int ping_bounced;
+static atomic_bool ping_all_done;
+
+static void ping_bounce_bh(void *opaque)
+{
+    atomic_fetch_add(&ping_bounced, 1);
+}
+
+/* One turn: a 1 us sleep, a write and a read back through the ring, a
+ * bottom half for another thread. */
+static void coroutine_fn ping_turn(PingPair *p, int side, int round)
+{
+    char out[16], in[16];
+    struct iovec w = { out, sizeof(out) }, r = { in, sizeof(in) };
+    off_t off = (off_t)(p->slot * 2 + side) * sizeof(out);
+
+    co_sleep_ns(1000);
+    snprintf(out, sizeof(out), "%d/%d/%d", p->slot, side, round);
+    if (co_pwritev_fd(p->fd, &w, 1, off) != sizeof(out) ||
+        co_preadv_fd(p->fd, &r, 1, off) != sizeof(in) ||
+        memcmp(in, out, sizeof(in)) != 0) {
+        atomic_fetch_add(&p->errors, 1);
+    }
+    loop_schedule(p->bounce, ping_bounce_bh, NULL);
+    atomic_fetch_add(&p->rounds[side], 1);
+}
+
+static void ping_finish(void)
+{
+    if (atomic_fetch_add(&ping_finished, 1) == 2 * PING_PAIRS - 1) {
+        atomic_store(&ping_all_done, true);
+        loop_schedule(loop_main(), noop, NULL);
+    }
+}
+
+/* Side 0 plays first; each co_wake() is answered by exactly one co_yield()
+ * of the other side, so no wake is ever pending when a coroutine ends. */
+static void coroutine_fn ping_opener(void *opaque)
+{
+    PingPair *p = opaque;
+
+    for (int i = 0; i < PING_ROUNDS; i++) {
+        ping_turn(p, 0, i);
+        co_wake(atomic_load(&p->co[1]));
+        co_yield();
+    }
+    ping_finish();
+}
+
+static void coroutine_fn ping_answerer(void *opaque)
+{
+    PingPair *p = opaque;
+
+    for (int i = 0; i < PING_ROUNDS; i++) {
+        co_yield();
+        ping_turn(p, 1, i);
+        co_wake(atomic_load(&p->co[0]));
+    }
+    ping_finish();
+}
+
+static void ping_start_opener_bh(void *opaque)
+{
+    PingPair *p = opaque;
+    Coroutine *co = co_create(ping_opener, p);
+
+    atomic_store(&p->co[0], co);
+    co_enter(co);
+}
+
+/* The answerer must exist (and be yielded) before the opener wakes it. */
+static void ping_start_answerer_bh(void *opaque)
+{
+    PingPair *p = opaque;
+    Coroutine *co = co_create(ping_answerer, p);
+
+    atomic_store(&p->co[1], co);
+    co_enter(co);
+    loop_schedule(p->loop[0], ping_start_opener_bh, p);
+}
+
+Test(loop, short_sleeps_on_iothreads_with_cross_thread_wakes)
+{
+    IOThread *t[PING_THREADS];
+    int fd = mkstemp(tmpl);
+    bool expired = false;
+    LoopTimer guard;
+    int stuck = 0;
+
+    cr_assert_geq(fd, 0);
+    unlink(tmpl);
+    for (int i = 0; i < PING_THREADS; i++) {
+        char id[8];
+
+        snprintf(id, sizeof(id), "io%d", i);
+        t[i] = iothread_create(id);
+    }
+    for (int i = 0; i < PING_PAIRS; i++) {
+        int a = i % PING_THREADS, b = (a + 1) % PING_THREADS;
+        PingPair *p = &ping_pairs[i];
+
+        p->loop[0] = iothread_loop(t[a]);
+        p->loop[1] = iothread_loop(t[b]);
+        p->bounce = iothread_loop(t[(b + 1) % PING_THREADS]);
+        p->fd = fd;
+        p->slot = i;
+        loop_schedule(p->loop[1], ping_start_answerer_bh, p);
+    }
+
+    /* Guard: a hung sleep fails the test instead of blocking it. */
+    loop_timer_init(&guard, loop_main(), guard_fired, &expired);
+    loop_timer_arm(&guard, clock_ns() + GUARD_NS);
+    while (!atomic_load(&ping_all_done) && !expired) {
+        loop_iterate(loop_main(), true);
+    }
+    loop_timer_cancel(&guard);
+    for (int i = 0; i < PING_PAIRS; i++) {
+        PingPair *p = &ping_pairs[i];
+
+        if (atomic_load(&p->rounds[0]) != PING_ROUNDS ||
+            atomic_load(&p->rounds[1]) != PING_ROUNDS) {
+            cr_log_error("pair %d (%s <-> %s) stuck at rounds %d/%d", i,
+                         loop_name(p->loop[0]), loop_name(p->loop[1]),
+                         atomic_load(&p->rounds[0]),
+                         atomic_load(&p->rounds[1]));
+            stuck++;
+        }
+    }
+    cr_assert(atomic_load(&ping_all_done),
+              "hang: %d of %d pairs stuck after %lld s", stuck, PING_PAIRS,
+              GUARD_NS / 1000000000LL);
+    for (int i = 0; i < PING_PAIRS; i++) {
+        cr_assert_eq(atomic_load(&ping_pairs[i].errors), 0);
+    }
+    for (int i = 0; i < PING_THREADS; i++) {
+        iothread_destroy(t[i]);
+    }
+    cr_assert_eq(atomic_load(&ping_bounced), 2 * PING_PAIRS * PING_ROUNDS);
+    close(fd);
 }
