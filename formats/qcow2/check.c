@@ -161,6 +161,8 @@ static int coroutine_fn GRAPH_RDLOCK check_l2(CheckState *cs, uint64_t l2_off,
     if (ret < 0) {
         return ret;
     }
+    /* as qemu-img: contiguity is judged within one L2 table */
+    cs->next_host = 0;
     ret = qcow2_cache_get(s->l2_cache, l2_off, true, &t);
     if (ret < 0) {
         cs->res->check_errors++;

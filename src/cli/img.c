@@ -29,12 +29,6 @@
 
 #define PROBE_BYTES 4096
 
-/* The convert/compare/rebase engineer's entry points may not be linked in
- * yet; a weak reference lets the dispatcher say so instead of failing. */
-#pragma weak img_convert
-#pragma weak img_compare
-#pragma weak img_rebase
-
 typedef struct ImgCommand {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -427,10 +421,6 @@ int cmd_img(int argc, char **argv)
     }
     for (size_t i = 0; i < ARRAY_SIZE(img_commands); i++) {
         if (!strcmp(img_commands[i].name, argv[1])) {
-            if (!img_commands[i].run) {
-                fprintf(stderr, "diskstack img: '%s' is not built in\n", argv[1]);
-                return EXIT_ERROR;
-            }
             optind = 0;
             return img_commands[i].run(argc - 1, argv + 1);
         }

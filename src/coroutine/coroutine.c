@@ -416,6 +416,11 @@ void coroutine_fn co_sleep_ns(int64_t ns)
     loop_timer_init(&timer, loop, co_sleep_timer_cb, current);
     loop_timer_arm(&timer, clock_ns() + (ns > 0 ? ns : 0));
     co_yield();
+    /* Normally the timer fired and this is a no-op.  If something else
+     * entered us first (a stray co_wake()), the timer lives in this frame:
+     * left on the loop's list it would be overwritten by later frames and
+     * corrupt the list, or fire into whatever we wait for next. */
+    loop_timer_cancel(&timer);
 }
 
 /* ---- stack preparation for the asm switch ------------------------------ */

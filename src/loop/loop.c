@@ -327,16 +327,49 @@ static bool reap_cqes(Loop *loop)
     return progress;
 }
 
+/* "Wait until a completion arrives": no timer and nothing queued.  Only
+ * loop_wait_timeout() produces it, never arithmetic on deadlines. */
+#define LOOP_WAIT_FOREVER (-1)
+
+/* Loop thread, just before sleeping: how long the wait may last.  0 if a
+ * bottom half or a stop is already there (the wait only submits and peeks),
+ * the time left to the nearest timer, or LOOP_WAIT_FOREVER without timers.
+ *
+ * The time left is read from the clock exactly once and clamped at 0.  It
+ * used to be MAX(deadline - clock_ns(), 0), and MAX() evaluates its argument
+ * twice: the comparison could see +20 ns and the result, from a second
+ * clock read, -5 ns — which loop_wait() took for "no limit".  The loop then
+ * slept with an expired timer at the head of its list until some unrelated
+ * completion or kick came, forever if the coroutine that timer would wake
+ * was the one everybody else waited for (1 us co_sleep_ns() loops hit this
+ * window about once a second). */
+static int64_t loop_wait_timeout(Loop *loop)
+{
+    int64_t left;
+
+    if (atomic_load(&loop->bh_head) || atomic_load(&loop->stop)) {
+        return 0;
+    }
+    if (!loop->timers) {
+        return LOOP_WAIT_FOREVER;
+    }
+    left = loop->timers->deadline - clock_ns();
+    return left > 0 ? left : 0;
+}
+
 /* Loop thread: submits, and waits for a completion until `timeout_ns` from
- * now (< 0: no limit). */
+ * now (>= 0), or without limit if it is LOOP_WAIT_FOREVER. */
 static void loop_wait(Loop *loop, int64_t timeout_ns)
 {
     struct io_uring_cqe *cqe;
     struct __kernel_timespec ts;
     int ret;
 
-    if (timeout_ns < 0) {
+    if (timeout_ns == LOOP_WAIT_FOREVER) {
         ret = io_uring_submit_and_wait(&loop->ring, 1);
+    } else if (timeout_ns < 0) {
+        /* A computed timeout gone negative must not mean "forever". */
+        loop_die("negative wait timeout", 0);
     } else {
         ts.tv_sec = timeout_ns / 1000000000LL;
         ts.tv_nsec = timeout_ns % 1000000000LL;
@@ -464,15 +497,10 @@ bool loop_iterate(Loop *loop, bool blocking)
     progress = run_bhs(loop);
     progress |= run_timers(loop);
     if (blocking && !progress && !atomic_load(&loop->stop)) {
-        int64_t timeout = -1;
-
+        /* notify_me first: a bottom half queued after this store kicks us,
+         * one queued before it is seen by loop_wait_timeout(). */
         atomic_store(&loop->notify_me, true);
-        if (atomic_load(&loop->bh_head) || atomic_load(&loop->stop)) {
-            timeout = 0;
-        } else if (loop->timers) {
-            timeout = MAX(loop->timers->deadline - clock_ns(), 0);
-        }
-        loop_wait(loop, timeout);
+        loop_wait(loop, loop_wait_timeout(loop));
         atomic_store(&loop->notify_me, false);
         atomic_store(&loop->kick_pending, false);
     } else if (io_uring_sq_ready(&loop->ring)) {

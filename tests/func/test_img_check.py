@@ -127,3 +127,16 @@ class ImgCheck(ImgTestCase):
         self.assertEqual(rep.returncode, 0, rep.stdout + rep.stderr)
         self.assertSameCheck('z.qcow2', 0)
         self.qio(self.path('z.qcow2'), 'read -P 1 0 256k')
+
+    def test_small_clusters_and_refcount_widths(self):
+        """512-byte clusters (many L2 tables, compressed runs spanning them)
+        and refcounts of 1, 8 and 64 bits count like qemu-img."""
+        for bits in (1, 8, 64):
+            with self.subTest(refcount_bits=bits):
+                name = 'w%d.qcow2' % bits
+                r = self.qimg('create', '-q', '-f', 'qcow2', '-o',
+                              'refcount_bits=%d,cluster_size=512' % bits, name, '4M')
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.qio(self.path(name), 'write -P 1 0 1M',
+                         'write -c -P 2 2M 64k', 'write -P 3 3M 8k')
+                self.assertSameCheck(name, 0)

@@ -11,7 +11,10 @@ from).
 Writing: 8 threads of random writes through the FUSE file, then discards
 (fallocate punch hole) and zero writes (fallocate zero range), all mirrored
 in a reference; after unmount `qemu-img check` must report no errors and no
-leaks and `qemu-img compare` against the reference must say identical.
+leaks and `qemu-img compare` against the reference must say identical.  The
+same after writes on both sides of an internal snapshot (`diskstack img
+snapshot -c`, then reverted with `qemu-img snapshot -a`) and after growing the
+image through the FUSE file (`--growable`, truncate).
 """
 
 import os
@@ -20,7 +23,7 @@ import resource
 import subprocess
 import zlib
 
-from common import (MiB, FuseTestCase, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+from common import (MiB, FuseTestCase, run_diskstack, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
                     FALLOC_FL_ZERO_RANGE, fallocate, random_bytes,
                     random_io_workers, read_file, require_tool, run_qemu_img)
 
@@ -275,4 +278,45 @@ class Qcow2Interop(FuseTestCase):
                                    max_size=128 * KiB)
         self.assertEqual(errors, [], 'random I/O: %s' % '; '.join(errors[:5]))
         self.stop_cleanly(d)
+        self.assertCheckedAndEqual(img, ref)
+
+    def random_writes(self, mountpoint, ref, seed):
+        errors = random_io_workers(mountpoint, ref, 8, 16, seed=seed,
+                                   max_size=128 * KiB)
+        self.assertEqual(errors, [], 'random I/O: %s' % '; '.join(errors[:5]))
+
+    def test_write_around_internal_snapshot(self):
+        """Writes, a snapshot diskstack takes, more writes (over clusters the
+        snapshot shares): both states check clean and read back."""
+        size = 8 * MiB
+        img = self.create('disk.qcow2', size, cluster_size=4096)
+        ref = self.fill(img, size, seed=12)
+        d = self.mount(img, opts=['-f', 'qcow2'])
+        self.random_writes(d.mountpoint, ref, 13)
+        self.stop_cleanly(d)
+        r = run_diskstack(['img', 'snapshot', '-c', 'snap1', img])
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors='replace'))
+        at_snapshot = bytes(ref)
+        d = self.mount(img, opts=['-f', 'qcow2'])
+        self.random_writes(d.mountpoint, ref, 14)
+        self.stop_cleanly(d)
+        self.assertCheckedAndEqual(img, ref)
+        self.qemu_img('snapshot', '-a', 'snap1', img)
+        self.assertCheckedAndEqual(img, at_snapshot)
+
+    def test_write_after_growing(self):
+        """Growing through the FUSE file (--growable): the new tail reads as
+        zeroes, takes writes, and the image checks clean at the new size."""
+        size = 4 * MiB
+        img = self.create('disk.qcow2', size, cluster_size=65536)
+        ref = self.fill(img, size, seed=15)
+        d = self.mount(img, opts=['-f', 'qcow2', '--growable'])
+        os.truncate(d.mountpoint, 3 * size)
+        ref += bytes(2 * size)
+        self.assertEqual(os.stat(d.mountpoint).st_size, 3 * size)
+        self.random_writes(d.mountpoint, ref, 16)
+        self.assertBytesEqual(read_file(d.mountpoint), bytes(ref), 'FUSE file')
+        self.stop_cleanly(d)
+        info = self.qemu_img('info', '--output=json', img).stdout.decode()
+        self.assertIn('"virtual-size": %d' % (3 * size), info)
         self.assertCheckedAndEqual(img, ref)

@@ -36,7 +36,7 @@ for h in fuzz-qcow2-open fuzz-qcow2-write; do
             -artifact_prefix="$work/artifacts/$h-" "$corpus" "$work/seeds" \
             >"$log" 2>&1; then
         echo "$h: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" \
-            | grep -o '[0-9]*$') runs, $(grep -c . "$corpus"/* 2>/dev/null | wc -l) corpus inputs)"
+            | grep -o '[0-9]*$') runs, $(ls "$corpus" | wc -l) corpus inputs)"
     else
         echo "$h: FAILED, see $log and $work/artifacts/"
         grep -m5 -E 'ERROR|SUMMARY|outside|refused at open' "$log" || true
