@@ -13,8 +13,7 @@
  *    (no thundering herd on a shared condvar).
  *  - The job record (PoolJob) lives on the calling coroutine's stack: a call
  *    allocates nothing.  The caller stays yielded until the worker has
- *    written the result and called co_wake(); the worker touches the record
- *    no more after that, because the coroutine may return right away.
+ *    written the result and called co_wake().
  *  - Submit: an idle worker gets the job directly (LIFO: the most recently
  *    idle worker is the warmest, and the others can time out); else a new
  *    worker starts with the job, up to the cap; else the job waits in a FIFO

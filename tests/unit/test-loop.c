@@ -485,168 +485,149 @@ Test(loop, kick_wakes_a_blocked_iteration)
 /* ---- short sleeps on IOThreads under cross-thread traffic -------------- */
 
 /*
- * Regression test for a hang seen with co_sleep_ns(1000) on two IOThreads:
- * a timer stayed on a loop's list, long expired, while that loop slept in
- * its io_uring wait.  Pairs of coroutines on different IOThreads pass a
- * token back and forth with co_wake(); every turn sleeps 1 us, does a write
- * and a read through the ring on a shared file and bounces a bottom half off
- * another IOThread.  Each sleep must end, so the whole run must finish; the
- * guard turns a hang into a failure.
+ * Regression test for a hang seen with co_sleep_ns(1000) on two IOThreads: a
+ * loop slept in its io_uring wait with no time limit while an expired timer
+ * sat at the head of its list (the wait timeout, computed as a difference of
+ * two clock reads, could come out negative = "forever").
+ *
+ * A token goes round a ring of coroutines spread over three IOThreads and is
+ * passed on with co_wake().  The holder sleeps about 1 us, writes and reads back
+ * its slot of a shared file through its ring and bounces a bottom half off
+ * a third IOThread before passing the token on.  Only the holder has work,
+ * so nothing else can come along and wake a loop that missed its timer: one
+ * sleep that does not end stops the ring, and the guard fails the test.
  */
-#define PING_THREADS 3
-#define PING_PAIRS_PER_THREAD 3
-#define PING_PAIRS (PING_THREADS * PING_PAIRS_PER_THREAD)
-#define PING_ROUNDS 1500
+#define RING_THREADS 3
+#define RING_MEMBERS (3 * RING_THREADS)
+#define RING_LAPS 1500
 
-typedef struct PingPair {
-    Loop *loop[2];              /* [0]: the opener's, [1]: the answerer's */
-    Loop *bounce;               /* a third loop for loop_schedule traffic */
-    _Atomic(Coroutine *) co[2];
-    int fd;
-    int slot;                   /* this pair's byte range in the file */
-    atomic_int rounds[2];
-    atomic_int errors;
-} PingPair;
+typedef struct RingMember {
+    Loop *home;
+    Loop *bounce;               /* a loop that is neither home nor next */
+    _Atomic(Coroutine *) co;
+    int index;
+} RingMember;
 
-static PingPair ping_pairs[PING_PAIRS];
-static atomic_int ping_finished;
-static atomic_int ping_bounced;
-static atomic_bool ping_all_done;
+static RingMember ring_members[RING_MEMBERS];
+static int ring_fd;
+static atomic_int ring_created;
+static atomic_bool ring_ready;
+static atomic_int ring_turns;
+static atomic_int ring_errors;
+static atomic_int ring_bounced;
+static atomic_bool ring_done;
+static atomic_bool ring_bounces_done;
 
-static void ping_bounce_bh(void *opaque)
+static void ring_tell_main(atomic_bool *flag)
 {
-    atomic_fetch_add(&ping_bounced, 1);
+    atomic_store(flag, true);
+    loop_schedule(loop_main(), noop, NULL);
 }
 
-/* One turn: a 1 us sleep, a write and a read back through the ring, a
- * bottom half for another thread. */
-static void coroutine_fn ping_turn(PingPair *p, int side, int round)
+static void ring_bounce_bh(void *opaque)
+{
+    if (atomic_fetch_add(&ring_bounced, 1) == RING_MEMBERS * RING_LAPS - 1) {
+        ring_tell_main(&ring_bounces_done);
+    }
+}
+
+/* The holder's turn: a sleep of 0-2 us, a write and a read back through
+ * the ring, a bottom half for another thread.  The sleep length varies so
+ * that the time left when the loop computes its wait timeout sweeps the
+ * whole range down to a few ns (a fixed 1 us lands on the same spot of a
+ * deterministic code path every time). */
+static void coroutine_fn ring_turn(RingMember *m, int lap)
 {
     char out[16], in[16];
     struct iovec w = { out, sizeof(out) }, r = { in, sizeof(in) };
-    off_t off = (off_t)(p->slot * 2 + side) * sizeof(out);
+    off_t off = (off_t)m->index * sizeof(out);
 
-    co_sleep_ns(1000);
-    snprintf(out, sizeof(out), "%d/%d/%d", p->slot, side, round);
-    if (co_pwritev_fd(p->fd, &w, 1, off) != sizeof(out) ||
-        co_preadv_fd(p->fd, &r, 1, off) != sizeof(in) ||
+    co_sleep_ns((lap * 997 + m->index * 131) % 2000);
+    snprintf(out, sizeof(out), "%d/%d", m->index, lap);
+    if (co_pwritev_fd(ring_fd, &w, 1, off) != sizeof(out) ||
+        co_preadv_fd(ring_fd, &r, 1, off) != sizeof(in) ||
         memcmp(in, out, sizeof(in)) != 0) {
-        atomic_fetch_add(&p->errors, 1);
+        atomic_fetch_add(&ring_errors, 1);
     }
-    loop_schedule(p->bounce, ping_bounce_bh, NULL);
-    atomic_fetch_add(&p->rounds[side], 1);
+    loop_schedule(m->bounce, ring_bounce_bh, NULL);
+    atomic_fetch_add(&ring_turns, 1);
 }
 
-static void ping_finish(void)
+/* Each co_wake() is answered by exactly one co_yield() of the next member,
+ * so no wake is pending when a member ends. */
+static void coroutine_fn ring_member(void *opaque)
 {
-    if (atomic_fetch_add(&ping_finished, 1) == 2 * PING_PAIRS - 1) {
-        atomic_store(&ping_all_done, true);
-        loop_schedule(loop_main(), noop, NULL);
+    RingMember *m = opaque;
+    RingMember *next = &ring_members[(m->index + 1) % RING_MEMBERS];
+
+    for (int lap = 0; lap < RING_LAPS; lap++) {
+        co_yield();                     /* wait for the token */
+        ring_turn(m, lap);
+        if (m->index == RING_MEMBERS - 1 && lap == RING_LAPS - 1) {
+            ring_tell_main(&ring_done);
+        } else {
+            co_wake(atomic_load(&next->co));
+        }
     }
 }
 
-/* Side 0 plays first; each co_wake() is answered by exactly one co_yield()
- * of the other side, so no wake is ever pending when a coroutine ends. */
-static void coroutine_fn ping_opener(void *opaque)
+static void ring_create_member_bh(void *opaque)
 {
-    PingPair *p = opaque;
+    RingMember *m = opaque;
+    Coroutine *co = co_create(ring_member, m);
 
-    for (int i = 0; i < PING_ROUNDS; i++) {
-        ping_turn(p, 0, i);
-        co_wake(atomic_load(&p->co[1]));
-        co_yield();
+    atomic_store(&m->co, co);
+    co_enter(co);                       /* runs up to its first yield */
+    if (atomic_fetch_add(&ring_created, 1) == RING_MEMBERS - 1) {
+        ring_tell_main(&ring_ready);
     }
-    ping_finish();
-}
-
-static void coroutine_fn ping_answerer(void *opaque)
-{
-    PingPair *p = opaque;
-
-    for (int i = 0; i < PING_ROUNDS; i++) {
-        co_yield();
-        ping_turn(p, 1, i);
-        co_wake(atomic_load(&p->co[0]));
-    }
-    ping_finish();
-}
-
-static void ping_start_opener_bh(void *opaque)
-{
-    PingPair *p = opaque;
-    Coroutine *co = co_create(ping_opener, p);
-
-    atomic_store(&p->co[0], co);
-    co_enter(co);
-}
-
-/* The answerer must exist (and be yielded) before the opener wakes it. */
-static void ping_start_answerer_bh(void *opaque)
-{
-    PingPair *p = opaque;
-    Coroutine *co = co_create(ping_answerer, p);
-
-    atomic_store(&p->co[1], co);
-    co_enter(co);
-    loop_schedule(p->loop[0], ping_start_opener_bh, p);
 }
 
 Test(loop, short_sleeps_on_iothreads_with_cross_thread_wakes)
 {
-    IOThread *t[PING_THREADS];
-    int fd = mkstemp(tmpl);
-    bool expired = false;
-    LoopTimer guard;
-    int stuck = 0;
+    IOThread *t[RING_THREADS];
 
-    cr_assert_geq(fd, 0);
+    ring_fd = mkstemp(tmpl);
+    cr_assert_geq(ring_fd, 0);
     unlink(tmpl);
-    for (int i = 0; i < PING_THREADS; i++) {
+    for (int i = 0; i < RING_THREADS; i++) {
         char id[8];
 
         snprintf(id, sizeof(id), "io%d", i);
         t[i] = iothread_create(id);
     }
-    for (int i = 0; i < PING_PAIRS; i++) {
-        int a = i % PING_THREADS, b = (a + 1) % PING_THREADS;
-        PingPair *p = &ping_pairs[i];
+    for (int i = 0; i < RING_MEMBERS; i++) {
+        RingMember *m = &ring_members[i];
 
-        p->loop[0] = iothread_loop(t[a]);
-        p->loop[1] = iothread_loop(t[b]);
-        p->bounce = iothread_loop(t[(b + 1) % PING_THREADS]);
-        p->fd = fd;
-        p->slot = i;
-        loop_schedule(p->loop[1], ping_start_answerer_bh, p);
+        m->index = i;
+        m->home = iothread_loop(t[i % RING_THREADS]);
+        m->bounce = iothread_loop(t[(i + 2) % RING_THREADS]);
+        loop_schedule(m->home, ring_create_member_bh, m);
     }
+    run_until(&ring_ready);
+    co_wake(atomic_load(&ring_members[0].co));  /* hand out the token */
 
-    /* Guard: a hung sleep fails the test instead of blocking it. */
+    /* Not run_until(): the message says where the token stopped. */
+    bool expired = false;
+    LoopTimer guard;
+
     loop_timer_init(&guard, loop_main(), guard_fired, &expired);
     loop_timer_arm(&guard, clock_ns() + GUARD_NS);
-    while (!atomic_load(&ping_all_done) && !expired) {
+    while (!atomic_load(&ring_done) && !expired) {
         loop_iterate(loop_main(), true);
     }
     loop_timer_cancel(&guard);
-    for (int i = 0; i < PING_PAIRS; i++) {
-        PingPair *p = &ping_pairs[i];
-
-        if (atomic_load(&p->rounds[0]) != PING_ROUNDS ||
-            atomic_load(&p->rounds[1]) != PING_ROUNDS) {
-            cr_log_error("pair %d (%s <-> %s) stuck at rounds %d/%d", i,
-                         loop_name(p->loop[0]), loop_name(p->loop[1]),
-                         atomic_load(&p->rounds[0]),
-                         atomic_load(&p->rounds[1]));
-            stuck++;
-        }
-    }
-    cr_assert(atomic_load(&ping_all_done),
-              "hang: %d of %d pairs stuck after %lld s", stuck, PING_PAIRS,
+    int turns = atomic_load(&ring_turns);
+    cr_assert(atomic_load(&ring_done),
+              "hang: the token stopped at member %d after %d of %d turns "
+              "(a co_sleep_ns of < 2 us that did not end within %lld s)",
+              turns % RING_MEMBERS, turns, RING_MEMBERS * RING_LAPS,
               GUARD_NS / 1000000000LL);
-    for (int i = 0; i < PING_PAIRS; i++) {
-        cr_assert_eq(atomic_load(&ping_pairs[i].errors), 0);
-    }
-    for (int i = 0; i < PING_THREADS; i++) {
+    cr_assert_eq(atomic_load(&ring_errors), 0);
+    run_until(&ring_bounces_done);
+    for (int i = 0; i < RING_THREADS; i++) {
         iothread_destroy(t[i]);
     }
-    cr_assert_eq(atomic_load(&ping_bounced), 2 * PING_PAIRS * PING_ROUNDS);
-    close(fd);
+    cr_assert_eq(atomic_load(&ring_bounced), RING_MEMBERS * RING_LAPS);
+    close(ring_fd);
 }
