@@ -93,8 +93,12 @@ void graph_lock_assert_rdlocked(void) ASSERT_SHARED_CAPABILITY(graph_lock);
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define container_of(ptr, type, member) \
     ((type *)((char *)(ptr) - __builtin_offsetof(type, member)))
-#define MIN(a, b) ((a) < (b) ? (a) : (b))
-#define MAX(a, b) ((a) > (b) ? (a) : (b))
+/* Each argument is evaluated once: MAX(deadline - clock_ns(), 0) read the
+ * clock twice once, and a negative result made a loop sleep forever. */
+#define MIN(a, b) ({ __typeof__((a) + (b)) min_a_ = (a), min_b_ = (b); \
+                     min_a_ < min_b_ ? min_a_ : min_b_; })
+#define MAX(a, b) ({ __typeof__((a) + (b)) max_a_ = (a), max_b_ = (b); \
+                     max_a_ > max_b_ ? max_a_ : max_b_; })
 #define ROUND_UP(n, d)   (((n) + (d) - 1) / (d) * (d))
 #define ROUND_DOWN(n, d) ((n) / (d) * (d))
 #define DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))

@@ -341,8 +341,9 @@ static bool reap_cqes(Loop *loop)
  * clock read, -5 ns — which loop_wait() took for "no limit".  The loop then
  * slept with an expired timer at the head of its list until some unrelated
  * completion or kick came, forever if the coroutine that timer would wake
- * was the one everybody else waited for (1 us co_sleep_ns() loops hit this
- * window about once a second). */
+ * was the one everybody else waited for.  Sleeps of about 1 us keep the
+ * time left that small: test-loop's ring of sleepers fell into this window
+ * within a few hundred sleeps. */
 static int64_t loop_wait_timeout(Loop *loop)
 {
     int64_t left;
@@ -365,11 +366,12 @@ static void loop_wait(Loop *loop, int64_t timeout_ns)
     struct __kernel_timespec ts;
     int ret;
 
-    if (timeout_ns == LOOP_WAIT_FOREVER) {
-        ret = io_uring_submit_and_wait(&loop->ring, 1);
-    } else if (timeout_ns < 0) {
+    if (timeout_ns < 0 && timeout_ns != LOOP_WAIT_FOREVER) {
         /* A computed timeout gone negative must not mean "forever". */
         loop_die("negative wait timeout", 0);
+    }
+    if (timeout_ns == LOOP_WAIT_FOREVER) {
+        ret = io_uring_submit_and_wait(&loop->ring, 1);
     } else {
         ts.tv_sec = timeout_ns / 1000000000LL;
         ts.tv_nsec = timeout_ns % 1000000000LL;
@@ -499,10 +501,16 @@ bool loop_iterate(Loop *loop, bool blocking)
     if (blocking && !progress && !atomic_load(&loop->stop)) {
         /* notify_me first: a bottom half queued after this store kicks us,
          * one queued before it is seen by loop_wait_timeout(). */
+        /* kick_pending is cleared before notify_me is set, not after the
+         * wait: a producer that read notify_me during the previous sleep
+         * may set kick_pending late; cleared after the wait, that late
+         * value would survive into this sleep and make every producer of
+         * this sleep skip its kick (a lost wake-up).  Cleared here, a late
+         * producer's own eventfd write ends this sleep instead. */
+        atomic_store(&loop->kick_pending, false);
         atomic_store(&loop->notify_me, true);
         loop_wait(loop, loop_wait_timeout(loop));
         atomic_store(&loop->notify_me, false);
-        atomic_store(&loop->kick_pending, false);
     } else if (io_uring_sq_ready(&loop->ring)) {
         loop_submit(loop);
     }
