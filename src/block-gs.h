@@ -25,6 +25,13 @@ const BlockDriver *bdrv_find_driver(const char *name) GS;
  * format driver, raw if none recognises it. */
 const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
                                      const char *filename) GS;
+/* How many leading bytes bdrv_co_probe_node() reads. */
+#define BDRV_PROBE_BYTES 4096
+/* GS: reads the first bytes of node bs (typically a file node opened alone)
+ * and returns bdrv_probe_format()'s pick for them; NULL with *errp set when
+ * they cannot be read (NULL, *errp untouched, when no buffer is left). */
+const BlockDriver *coroutine_fn bdrv_co_probe_node(BlockNode *bs,
+                                                   Error **errp) GS;
 
 /*
  * The main thread's way to read the graph: the global lock already excludes

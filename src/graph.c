@@ -86,6 +86,48 @@ const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
     return best;
 }
 
+/* GS: reads the first len bytes of node bs through a temporary backend. */
+static int coroutine_fn read_head(BlockNode *bs, uint8_t *buf, int len,
+                                  Error **errp) GS
+{
+    BlockBackend *blk;
+    IOVector qiov;
+    int ret;
+
+    GS_CODE();
+    blk = blk_new("probe", BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    if (blk_insert_node(blk, bs, errp) < 0) {
+        blk_co_unref(blk);
+        return -1;
+    }
+    iov_init_buf(&qiov, buf, len);
+    ret = len > 0 ? blk_co_preadv(blk, 0, len, &qiov, 0) : 0;
+    blk_co_remove_node(blk);
+    blk_co_unref(blk);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot read image '%s'", bs->filename);
+        return -1;
+    }
+    return 0;
+}
+
+const BlockDriver *coroutine_fn bdrv_co_probe_node(BlockNode *bs, Error **errp)
+{
+    const BlockDriver *drv = NULL;
+    uint8_t *buf = NULL;
+    int len;
+
+    GS_CODE();
+    len = (int)MIN(bdrv_getlength(bs), BDRV_PROBE_BYTES);
+    /* aligned: the file driver may hand it straight to the kernel */
+    if (posix_memalign((void **)&buf, BDRV_PROBE_BYTES, BDRV_PROBE_BYTES) == 0 &&
+        read_head(bs, buf, len, errp) == 0) {
+        drv = bdrv_probe_format(buf, len, bs->filename);
+    }
+    free(buf);
+    return drv;
+}
+
 /* ---- named nodes ---- */
 
 static BlockNode *named_nodes;

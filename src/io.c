@@ -316,6 +316,20 @@ static int coroutine_fn drv_write(BlockNode *bs, int64_t offset, int64_t bytes,
 
 /* ---- reads ---- */
 
+/* I/O: an unaligned request widened to whole blocks: sets [*start, *end) to
+ * the blocks covering [offset, offset+bytes) and returns scratch space for
+ * its partial head and tail block (two blocks, head first; free() it), or
+ * NULL when out of memory. */
+static uint8_t *widen_to_blocks(BlockNode *bs, int64_t offset, int64_t bytes,
+                                int64_t *start, int64_t *end)
+{
+    int64_t align = node_align(bs);
+
+    *start = ROUND_DOWN(offset, align);
+    *end = ROUND_UP(offset + bytes, align);
+    return scratch_alloc(bs, 2 * align);
+}
+
 /* Reads [offset, offset+bytes) when it is not aligned: whole blocks are read,
  * the parts outside the request land in scratch space. */
 static int coroutine_fn read_unaligned(BlockNode *bs, int64_t offset,
@@ -323,10 +337,8 @@ static int coroutine_fn read_unaligned(BlockNode *bs, int64_t offset,
                                        size_t qoff, BdrvRequestFlags flags)
     GRAPH_RDLOCK
 {
-    int64_t align = node_align(bs);
-    int64_t start = ROUND_DOWN(offset, align);
-    int64_t end = ROUND_UP(offset + bytes, align);
-    uint8_t *scratch = scratch_alloc(bs, 2 * align);
+    int64_t align = node_align(bs), start, end;
+    uint8_t *scratch = widen_to_blocks(bs, offset, bytes, &start, &end);
     if (!scratch) {
         return -ENOMEM;
     }
@@ -396,10 +408,8 @@ static int coroutine_fn write_unaligned(BlockNode *bs, int64_t offset,
                                         size_t qoff, BdrvRequestFlags flags)
     GRAPH_RDLOCK
 {
-    int64_t align = node_align(bs);
-    int64_t start = ROUND_DOWN(offset, align);
-    int64_t end = ROUND_UP(offset + bytes, align);
-    uint8_t *scratch = scratch_alloc(bs, 2 * align);
+    int64_t align = node_align(bs), start, end;
+    uint8_t *scratch = widen_to_blocks(bs, offset, bytes, &start, &end);
     if (!scratch) {
         return -ENOMEM;
     }

@@ -154,6 +154,7 @@ static int coroutine_fn GRAPH_RDLOCK update_l2_refs(Qcow2State *s, uint64_t l2_o
         e[i] = ld_be64(t + i * 8);
     }
     qcow2_cache_put(s->l2_cache, t);
+    uint64_t file_len = (uint64_t)bdrv_getlength(s->bs->file->node);
     for (uint64_t i = 0; ret == 0 && i < s->l2_entries; i++) {
         uint64_t off = e[i] & L2E_OFFSET_MASK, len = s->cluster_size;
         switch (qcow2_l2_entry_type(s, e[i])) {
@@ -162,6 +163,17 @@ static int coroutine_fn GRAPH_RDLOCK update_l2_refs(Qcow2State *s, uint64_t l2_o
             /* fall through */
         case QCOW2_CLUSTER_NORMAL:
         case QCOW2_CLUSTER_ZERO_ALLOC:
+            /* A reference past the end of the file would make the refcount
+             * update create refcount blocks (and grow the file) out to it:
+             * found by tests/fuzz, a bogus entry grew a 24 KiB image to
+             * 244 GiB on snapshot create. */
+            if (off + len > file_len || off + len < off) {
+                ret = qcow2_signal_corruption(s, "L2 entry %llu of the table at "
+                    "0x%llx points to 0x%llx, past the end of the file",
+                    (unsigned long long)i, (unsigned long long)l2_off,
+                    (unsigned long long)off);
+                break;
+            }
             ret = delta < 0 ? qcow2_free_clusters(s, off, len)
                             : qcow2_update_refcount(s, off, len, delta);
             break;

@@ -152,20 +152,6 @@ static bool parse_create_options(CreateArgs *a, char *text)
  * create
  */
 
-/* Creates the image file if missing; an existing one is left as it is
- * until its image lock is held (it may be in use). */
-static int create_file(const char *path, Error **errp)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-
-    if (fd < 0) {
-        error_setg_errno(errp, errno, "Could not create '%s'", path);
-        return -1;
-    }
-    close(fd);
-    return 0;
-}
-
 /* Writes zeroes over [0, size) (preallocation=full). */
 static int write_zeroes(int fd, uint64_t size)
 {
@@ -242,7 +228,7 @@ static int coroutine_fn create_image(CreateArgs *a, Error **errp) GS
     int ret;
 
     GS_CODE();
-    if (create_file(a->file, errp) < 0) {
+    if (img_create_file(a->file, errp) < 0) {
         return -1;
     }
     def = json_pack("{s:s, s:s, s:s}", "driver", "file", "node-name",

@@ -12,6 +12,7 @@
  * functions marked GS run in coroutines on the main loop.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>       /* isnan */
 #include <stdio.h>
@@ -26,8 +27,6 @@
 #include "cli/img.h"
 #include "driver.h"
 #include "options.h"
-
-#define PROBE_BYTES 4096
 
 typedef struct ImgCommand {
     const char *name;
@@ -87,38 +86,11 @@ int img_run(ImgMainFn fn, void *opaque)
  * Opening images
  */
 
-/* GS: reads the first bytes of node bs through a temporary backend. */
-static int coroutine_fn read_head(BlockNode *bs, uint8_t *buf, int len,
-                                  Error **errp) GS
-{
-    BlockBackend *blk;
-    IOVector qiov;
-    int ret;
-
-    GS_CODE();
-    blk = blk_new("img-probe", BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
-    if (blk_insert_node(blk, bs, errp) < 0) {
-        blk_co_unref(blk);
-        return -1;
-    }
-    iov_init_buf(&qiov, buf, len);
-    ret = len > 0 ? blk_co_preadv(blk, 0, len, &qiov, 0) : 0;
-    blk_co_remove_node(blk);
-    blk_co_unref(blk);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "cannot read image '%s'", bs->filename);
-        return -1;
-    }
-    return 0;
-}
-
 const char *coroutine_fn img_co_probe(const char *filename, Error **errp)
 {
-    const BlockDriver *drv = NULL;
-    uint8_t *buf = NULL;
+    const BlockDriver *drv;
     BlockNode *bs;
     json_t *def;
-    int len;
 
     GS_CODE();
     def = json_pack("{s:s, s:s, s:s, s:b, s:s}", "driver", "file",
@@ -129,13 +101,7 @@ const char *coroutine_fn img_co_probe(const char *filename, Error **errp)
     if (!bs) {
         return NULL;
     }
-    len = (int)MIN(bdrv_getlength(bs), PROBE_BYTES);
-    /* aligned: the file driver may hand it straight to the kernel */
-    if (posix_memalign((void **)&buf, PROBE_BYTES, PROBE_BYTES) == 0 &&
-        read_head(bs, buf, len, errp) == 0) {
-        drv = bdrv_probe_format(buf, len, filename);
-    }
-    free(buf);
+    drv = bdrv_co_probe_node(bs, errp);
     bdrv_co_blockdev_del("img-probe", NULL);
     return drv ? drv->format_name : NULL;
 }
@@ -267,6 +233,18 @@ static uint64_t suffix_shift(char c)
         return 0;
     }
     return p ? (uint64_t)(p - units) * 10 : UINT64_MAX;
+}
+
+int img_create_file(const char *path, Error **errp)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "Could not create '%s'", path);
+        return -1;
+    }
+    close(fd);
+    return 0;
 }
 
 bool img_parse_size(const char *text, uint64_t *out)

@@ -67,6 +67,11 @@ void coroutine_fn img_co_close(BlockBackend *blk) GS;
  * with *errp set when the file cannot be read. */
 const char *coroutine_fn img_co_probe(const char *filename, Error **errp) GS;
 
+/* Main thread: creates the image file if missing; an existing one is left
+ * as it is (not truncated) until its image lock is held: it may be in use.
+ * -1 with *errp set on failure. */
+int img_create_file(const char *path, Error **errp);
+
 /*
  * Sizes: "1024", "512k", "64M", "10G", "1T" (binary, case-insensitive,
  * optional trailing "B"/"iB"), "1.5G".  Both: pure.  False on junk or

@@ -41,7 +41,6 @@
 #include "fuse/export.h"
 #include "options.h"
 
-#define PROBE_BYTES 4096
 #define PROBE_NODE "probe"      /* the file node that probing opens alone */
 #define MAX_IOTHREADS 1024
 
@@ -192,40 +191,13 @@ static bool check_dev_fuse(void)
     return false;
 }
 
-/* GS: reads the first bytes of node bs through a temporary backend. */
-static int coroutine_fn read_head(BlockNode *bs, uint8_t *buf, int len,
-                                  Error **errp) GS
-{
-    BlockBackend *blk;
-    IOVector qiov;
-    int ret;
-
-    GS_CODE();
-    blk = blk_new("probe", BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
-    if (blk_insert_node(blk, bs, errp) < 0) {
-        blk_co_unref(blk);
-        return -1;
-    }
-    iov_init_buf(&qiov, buf, len);
-    ret = len > 0 ? blk_co_preadv(blk, 0, len, &qiov, 0) : 0;
-    blk_co_remove_node(blk);
-    blk_co_unref(blk);
-    if (ret < 0) {
-        error_setg_errno(errp, ret, "cannot read image '%s'", bs->filename);
-        return -1;
-    }
-    return 0;
-}
-
 /* GS: opens IMAGE with the file driver alone and returns the name of the
  * format its first bytes look like (raw when nothing recognises them). */
 static const char *coroutine_fn probe_format(const MountArgs *a, Error **errp) GS
 {
     json_t *def;
     BlockNode *bs;
-    uint8_t *buf = NULL;
-    const BlockDriver *drv = NULL;
-    int len;
+    const BlockDriver *drv;
 
     GS_CODE();
     def = json_pack("{s:s, s:s, s:s, s:b}", "driver", "file",
@@ -235,13 +207,7 @@ static const char *coroutine_fn probe_format(const MountArgs *a, Error **errp) G
     if (!bs) {
         return NULL;
     }
-    len = (int)MIN(bdrv_getlength(bs), PROBE_BYTES);
-    /* aligned: the file driver may hand it straight to the kernel */
-    if (posix_memalign((void **)&buf, PROBE_BYTES, PROBE_BYTES) == 0 &&
-        read_head(bs, buf, len, errp) == 0) {
-        drv = bdrv_probe_format(buf, len, a->image);
-    }
-    free(buf);
+    drv = bdrv_co_probe_node(bs, errp);
     /* as QMP blockdev-del: the node was opened like blockdev-add */
     bdrv_co_blockdev_del(PROBE_NODE, NULL);
     return drv ? drv->format_name : NULL;

@@ -3,8 +3,10 @@
  *
  * The input is a qcow2 image file.  It is opened read-write (qcow2 over a
  * file node, no backing file) and given a few writes, zero writes,
- * discards and compressed writes chosen by a PRNG seeded from a hash of the input (so the seeds stay
- * plain images and a crash reproduces from the input alone), then closed.
+ * discards and compressed writes (and, one time in four, an internal
+ * snapshot created, written over and reverted to) chosen by a PRNG seeded
+ * from a hash of the input (so the seeds stay plain images and a crash
+ * reproduces from the input alone), then closed.
  *
  * The check afterwards: every host cluster whose bytes changed must be owned
  * by the image's metadata — before or after (header, L1/L2 tables, data
@@ -26,6 +28,7 @@
 
 #include "fuzz-common.h"
 #include "driver.h"
+#include "formats/qcow2/qcow2.h"
 
 #define MAX_OPS        8
 #define GUEST_WINDOW   (4 * 1024 * 1024)   /* ops stay in the first 4 MiB */
@@ -295,6 +298,41 @@ static void coroutine_fn random_op(BlockBackend *blk, uint64_t *rng)
     }
 }
 
+/* GS, coroutine: internal snapshots on the fuzzed image — create one, write
+ * over clusters it now shares, then revert to it or to one the image already
+ * had, and maybe delete it (errors are fine). */
+static void coroutine_fn snapshot_ops(FuzzImage *img, uint64_t *rng) GS
+{
+    Error *err = NULL;
+    Qcow2SnapshotInfo *info = NULL;
+
+    GS_CODE();
+    if (qcow2_snapshot_create(img->bs, "fuzz", &err) < 0) {
+        error_free(err);
+        return;
+    }
+    random_op(img->blk, rng);
+    int n = qcow2_snapshot_list(img->bs, &info);
+    const char *target = "fuzz";
+    if (n > 1 && (next_rand(rng) & 1)) {
+        target = info[next_rand(rng) % n].id;
+    }
+    if (getenv("FUZZ_TRACE")) {
+        fprintf(stderr, "snapshot fuzz created, applying '%s'\n", target);
+    }
+    err = NULL;
+    if (qcow2_snapshot_apply(img->bs, target, &err) < 0) {
+        error_free(err);
+    }
+    free(info);
+    if (next_rand(rng) & 1) {
+        err = NULL;
+        if (qcow2_snapshot_delete(img->bs, "fuzz", &err) < 0) {
+            error_free(err);
+        }
+    }
+}
+
 static void coroutine_fn one_input(void *opaque)
 {
     WriteRun *r = opaque;
@@ -310,15 +348,26 @@ static void coroutine_fn one_input(void *opaque)
     for (int i = 0; i < n; i++) {
         random_op(img.blk, &rng);
     }
+    if (next_rand(&rng) % 4 == 0) {
+        snapshot_ops(&img, &rng);
+    }
     (void)blk_co_flush(img.blk);
     fuzz_close(&img);
 }
+
+/* A few writes in a 4 MiB window on an image of at most 1 MiB cannot need
+ * a file this big: more is allocation gone wild. */
+#define MAX_FILE_AFTER (256ll * 1024 * 1024)
 
 static uint8_t *read_file(const char *path, size_t *len)
 {
     struct stat st;
     int fd = open(path, O_RDONLY);
     if (fd < 0 || fstat(fd, &st) < 0) {
+        abort();
+    }
+    if (st.st_size > MAX_FILE_AFTER) {
+        fprintf(stderr, "the image file grew to %lld bytes\n", (long long)st.st_size);
         abort();
     }
     uint8_t *buf = malloc(st.st_size + 1);

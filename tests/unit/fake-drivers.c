@@ -433,38 +433,8 @@ void fake_drivers_register(void)
 
 void test_env_init(void)
 {
-    threads_init_main();
-    global_lock_acquire();
-    loop_init_main();
-    block_init();
+    test_runtime_init();
     fake_drivers_register();
-}
-
-typedef struct RunCo {
-    CoroutineEntry *fn;
-    void *opaque;
-    _Atomic bool done;
-} RunCo;
-
-static void coroutine_fn run_co_entry(void *opaque)
-{
-    RunCo *r = opaque;
-    r->fn(r->opaque);
-    atomic_store(&r->done, true);
-}
-
-void run_co(CoroutineEntry *fn, void *opaque)
-{
-    RunCo r = { .fn = fn, .opaque = opaque };
-    co_spawn(run_co_entry, &r);
-    wait_flag(&r.done);
-}
-
-void wait_flag(_Atomic bool *flag)
-{
-    while (!atomic_load(flag)) {
-        loop_iterate(loop_main(), true);
-    }
 }
 
 typedef struct OpenArgs {

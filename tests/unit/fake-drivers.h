@@ -21,6 +21,7 @@
 #include "block-gs.h"
 #include "block-io.h"
 #include "driver.h"
+#include "test-util.h"
 
 /* "name,name," in the order mem and hold nodes were closed. */
 extern char fake_close_log[1024];
@@ -46,15 +47,10 @@ int hold_passed(BlockNode *bs);    /* went through to the child */
 void hold_set_notifier(BlockNode *bs, void (*fn)(void *), void *opaque);
 
 /*
- * Harness.  test_env_init(): main thread, global lock, main loop, drivers.
+ * Harness (with run_co() and wait_flag() from test-util.h).
+ * test_env_init(): test_runtime_init() and the fake drivers.
  */
 void test_env_init(void) ACQUIRE(global_lock);
-/* Runs fn(opaque) in a coroutine on the main loop, iterating the loop until
- * it returns. */
-void run_co(CoroutineEntry *fn, void *opaque);
-/* Iterates the main loop until *flag becomes true (set by a coroutine or a
- * bottom half).  The criterion timeout is the guard. */
-void wait_flag(_Atomic bool *flag);
 /* Parses (JSON or key=value, coerced) and opens; NULL with *errp on error. */
 BlockNode *open_def(const char *text, Error **errp) GS;
 /* blockdev-del, in a coroutine. */

@@ -17,6 +17,7 @@
 #include "coroutine/coroutine.h"
 #include "loop/loop.h"
 #include "util/threads.h"
+#include "test-util.h"
 
 /* White-box: the waiter record of co-sync.c, to count queued waiters. */
 struct CoWaiter {
@@ -24,15 +25,7 @@ struct CoWaiter {
     struct CoWaiter *next;
 };
 
-#define GUARD_NS (20LL * 1000000000LL)
-
-static void setup(void)
-{
-    threads_init_main();
-    loop_init_main();
-}
-
-TestSuite(coroutine, .init = setup, .timeout = 60);
+TestSuite(coroutine, .init = test_loop_init, .timeout = 60);
 
 static void guard_fired(void *opaque)
 {
@@ -41,14 +34,14 @@ static void guard_fired(void *opaque)
 
 static void noop(void *opaque) { }
 
-/* Iterates the main loop until *flag becomes true; fails after GUARD_NS. */
+/* Iterates the main loop until *flag becomes true; fails after TEST_GUARD_NS. */
 static void run_until(atomic_bool *flag)
 {
     bool expired = false;
     LoopTimer guard;
 
     loop_timer_init(&guard, loop_main(), guard_fired, &expired);
-    loop_timer_arm(&guard, clock_ns() + GUARD_NS);
+    loop_timer_arm(&guard, clock_ns() + TEST_GUARD_NS);
     while (!atomic_load(flag) && !expired) {
         loop_iterate(loop_main(), true);
     }
@@ -436,7 +429,7 @@ static void hold_mx(void *opaque)
 /* Waits (without sleeping) until n coroutines are queued on mx. */
 static void wait_waiters(int n)
 {
-    int64_t deadline = clock_ns() + GUARD_NS;
+    int64_t deadline = clock_ns() + TEST_GUARD_NS;
 
     while (mx_waiters(&mx) < n) {
         loop_iterate(loop_main(), false);
@@ -521,7 +514,7 @@ static int queue_len(CoQueue *cq)
 Test(coroutine, coqueue_wait_and_restart_all)
 {
     IOThread *t = iothread_create("io1");
-    int64_t deadline = clock_ns() + GUARD_NS;
+    int64_t deadline = clock_ns() + TEST_GUARD_NS;
 
     co_mutex_init(&mx);
     co_queue_init(&q);

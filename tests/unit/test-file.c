@@ -25,6 +25,7 @@
 #include "driver.h"
 #include "loop/loop.h"
 #include "util/threads.h"
+#include "test-util.h"
 
 #define MiB (1024 * 1024)
 
@@ -49,56 +50,20 @@ const char *__lsan_default_suppressions(void)
  * as the daemon's main loop does. */
 static void setup(void) ACQUIRE(global_lock)
 {
-    threads_init_main();
-    global_lock_acquire();
-    loop_init_main();
-    block_init();
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/ds-test-file-XXXXXX");
-    cr_assert(mkdtemp(tmpdir), "mkdtemp: %s", strerror(errno));
+    test_runtime_init();
+    test_tmpdir_create(tmpdir, sizeof(tmpdir), "ds-test-file");
 }
 
 static void teardown(void) RELEASE(global_lock)
 {
-    char cmd[128];
-
     global_lock_release();
     if (qsd_pid > 0) {
         stop_process(qsd_pid);
     }
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
+    test_tmpdir_remove(tmpdir);
 }
 
 TestSuite(file, .init = setup, .fini = teardown, .timeout = 60);
-
-typedef void coroutine_fn MainFn(void *opaque);
-
-typedef struct MainRun {
-    MainFn *fn;
-    void *opaque;
-    bool done;
-} MainRun;
-
-static void coroutine_fn main_run_entry(void *opaque)
-{
-    MainRun *r = opaque;
-    r->fn(r->opaque);
-    r->done = true;
-}
-
-/* Runs fn in a coroutine on the main loop (GS code lives there) and
- * iterates the loop until it returns. */
-static void run_main(MainFn *fn, void *opaque)
-{
-    MainRun r = { fn, opaque, false };
-
-    co_spawn(main_run_entry, &r);
-    while (!r.done) {
-        loop_iterate(loop_main(), true);
-    }
-}
 
 typedef struct Job Job;
 struct Job {
@@ -107,7 +72,6 @@ struct Job {
     int index;
     int64_t region_start, region_len;
     int errors;
-    _Atomic int *done;
 };
 
 static void coroutine_fn job_entry(void *opaque)
@@ -115,35 +79,12 @@ static void coroutine_fn job_entry(void *opaque)
     Job *j = opaque;
 
     j->fn(j);
-    atomic_fetch_add(j->done, 1);
-    loop_kick(loop_main());
-}
-
-static void job_start_bh(void *opaque)
-{
-    co_spawn(job_entry, opaque);
 }
 
 /* Runs each job in a coroutine on its own IOThread; waits for all. */
 static void run_on_iothreads(Job *jobs, int n)
 {
-    IOThread *threads[8];
-    _Atomic int done = 0;
-
-    cr_assert(n <= 8);
-    for (int i = 0; i < n; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "test-io%d", i);
-        threads[i] = iothread_create(name);
-        jobs[i].done = &done;
-        loop_schedule(iothread_loop(threads[i]), job_start_bh, &jobs[i]);
-    }
-    while (atomic_load(&done) < n) {
-        loop_iterate(loop_main(), true);
-    }
-    for (int i = 0; i < n; i++) {
-        iothread_destroy(threads[i]);
-    }
+    run_co_on_iothreads("test-io", job_entry, jobs, sizeof(*jobs), n);
 }
 
 /* ------------------------------------------------------------------------
@@ -233,82 +174,29 @@ static json_t *raw_def(const char *path, json_t *raw_extra, json_t *file_extra)
  * Opening and closing through the graph
  */
 
-typedef struct Open {
-    json_t *def;              /* consumed */
-    uint64_t perm, shared;    /* for the backend; 0 perm = no backend */
-    bool probed;
-    BlockNode *bs;
-    BlockBackend *blk;
-    char err[1024];
-} Open;
-
-static void coroutine_fn open_co(void *opaque)
-{
-    global_lock_assert_held();
-    Open *o = opaque;
-    Error *err = NULL;
-
-    o->err[0] = 0;
-    o->bs = bdrv_co_open_blockdev(o->def, &err);
-    json_decref(o->def);
-    o->def = NULL;
-    if (!o->bs) {
-        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
-        error_free(err);
-        return;
-    }
-    /* What `diskstack mount` does after probing guessed raw. */
-    o->bs->probed = o->probed;
-    if (!o->perm) {
-        return;
-    }
-    o->blk = blk_new("test", o->perm, o->shared);
-    if (blk_insert_node(o->blk, o->bs, &err) < 0) {
-        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
-        error_free(err);
-        blk_co_unref(o->blk);
-        o->blk = NULL;
-        bdrv_co_close_all();
-        o->bs = NULL;
-    }
-}
-
 #define RW_PERM    (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
 #define RWR_PERM   (RW_PERM | BLK_PERM_RESIZE)
 /* What QEMU's own devices share: others may read, nobody else may write. */
 #define QEMU_SHARED (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED)
 
-static Open open_def(json_t *def, uint64_t perm, uint64_t shared)
+static TestOpen open_def(json_t *def, uint64_t perm, uint64_t shared)
 {
-    Open o = { .def = def, .perm = perm, .shared = shared };
-    run_main(open_co, &o);
+    TestOpen o = { .def = def, .perm = perm, .shared = shared };
+    run_co(test_open_co, &o);
     return o;
 }
 
-static Open open_ok(json_t *def, uint64_t perm)
+static TestOpen open_ok(json_t *def, uint64_t perm)
 {
-    Open o = open_def(def, perm, BLK_PERM_ALL);
+    TestOpen o = open_def(def, perm, BLK_PERM_ALL);
     cr_assert(o.bs, "open failed: %s", o.err);
     cr_assert(!perm || o.blk, "backend failed: %s", o.err);
     return o;
 }
 
-static void coroutine_fn close_co(void *opaque)
+static void close_all(TestOpen *o)
 {
-    global_lock_assert_held();
-    Open *o = opaque;
-
-    if (o->blk) {
-        blk_co_unref(o->blk);
-        o->blk = NULL;
-    }
-    bdrv_co_close_all();
-    o->bs = NULL;
-}
-
-static void close_all(Open *o)
-{
-    run_main(close_co, o);
+    run_co(test_close_co, o);
 }
 
 /* ------------------------------------------------------------------------
@@ -330,76 +218,21 @@ static int coroutine_fn blk_write(BlockBackend *blk, int64_t off, const void *bu
     return blk_co_pwritev(blk, off, len, &v, 0);
 }
 
-/* A request run on the main loop, for tests that do one thing at a time. */
-typedef enum { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD, REQ_FLUSH,
-               REQ_STATUS, REQ_TRUNCATE } ReqKind;
-
-typedef struct Req {
-    ReqKind kind;
-    BlockBackend *blk;
-    int64_t off, len;
-    void *buf;
-    IOVector *qiov;
-    BdrvRequestFlags flags;
-    int64_t pnum;
-    int ret;
-    char err[512];
-} Req;
-
-static void coroutine_fn req_co(void *opaque)
+static int do_req(TestReq r_in, TestReq *out)
 {
-    Req *r = opaque;
-    IOVector v, *qiov = r->qiov;
-    Error *err = NULL;
-
-    if (!qiov && r->buf) {
-        iov_init_buf(&v, r->buf, r->len);
-        qiov = &v;
-    }
-    switch (r->kind) {
-    case REQ_READ:
-        r->ret = blk_co_preadv(r->blk, r->off, r->len, qiov, r->flags);
-        break;
-    case REQ_WRITE:
-        r->ret = blk_co_pwritev(r->blk, r->off, r->len, qiov, r->flags);
-        break;
-    case REQ_ZERO:
-        r->ret = blk_co_pwrite_zeroes(r->blk, r->off, r->len, r->flags);
-        break;
-    case REQ_DISCARD:
-        r->ret = blk_co_pdiscard(r->blk, r->off, r->len);
-        break;
-    case REQ_FLUSH:
-        r->ret = blk_co_flush(r->blk);
-        break;
-    case REQ_STATUS:
-        r->ret = blk_co_block_status(r->blk, r->off, r->len, &r->pnum);
-        break;
-    case REQ_TRUNCATE:
-        r->ret = blk_co_truncate(r->blk, r->off, true, &err);
-        if (err) {
-            snprintf(r->err, sizeof(r->err), "%s", error_get_pretty(err));
-            error_free(err);
-        }
-        break;
-    }
-}
-
-static int do_req(Req r_in, Req *out)
-{
-    Req r = r_in;
-    run_main(req_co, &r);
+    TestReq r = r_in;
+    run_co(test_req_co, &r);
     if (out) {
         *out = r;
     }
     return r.ret;
 }
 
-#define READ(blk, o, b, l)   do_req((Req){ REQ_READ, blk, o, l, b }, NULL)
-#define WRITE(blk, o, b, l)  do_req((Req){ REQ_WRITE, blk, o, l, (void *)(b) }, NULL)
-#define ZERO(blk, o, l, f)   do_req((Req){ REQ_ZERO, blk, o, l, .flags = (f) }, NULL)
-#define DISCARD(blk, o, l)   do_req((Req){ REQ_DISCARD, blk, o, l }, NULL)
-#define FLUSH(blk)           do_req((Req){ REQ_FLUSH, blk }, NULL)
+#define READ(blk, o, b, l)   do_req((TestReq){ REQ_READ, blk, o, l, b }, NULL)
+#define WRITE(blk, o, b, l)  do_req((TestReq){ REQ_WRITE, blk, o, l, (void *)(b) }, NULL)
+#define ZERO(blk, o, l, f)   do_req((TestReq){ REQ_ZERO, blk, o, l, .flags = (f) }, NULL)
+#define DISCARD(blk, o, l)   do_req((TestReq){ REQ_DISCARD, blk, o, l }, NULL)
+#define FLUSH(blk)           do_req((TestReq){ REQ_FLUSH, blk }, NULL)
 
 /* The test body runs on the main thread holding the global lock. */
 static BlockNode *find_node(const char *name)
@@ -425,7 +258,7 @@ static bool all_bytes(const uint8_t *buf, size_t len, uint8_t c)
 Test(file, open_errors_name_the_file)
 {
     char path[128], msg[256];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "missing.img");
     o = open_def(file_def(path), 0, 0);
@@ -461,7 +294,7 @@ static int pool_workers_after_io(const char *aio, bool read, bool write)
     char path[128];
     uint8_t buf[4096];
     int workers;
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "aio.img");
     create_image(path, MiB, true);
@@ -554,7 +387,7 @@ static void check_rw_on_iothreads(bool direct)
 {
     char path[128];
     Job jobs[3];
-    Open o;
+    TestOpen o;
     uint8_t buf[4];
 
     make_path(path, sizeof(path), "rw.img");
@@ -593,7 +426,7 @@ AIO_TEST(write_lands_in_file)
 {
     char path[128];
     uint8_t buf[8192], check[8192 + 64];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "w.img");
     create_image(path, MiB, true);
@@ -614,7 +447,7 @@ AIO_TEST(short_read_at_eof_reads_zeroes)
 {
     char path[128];
     uint8_t *buf = malloc(MiB);
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "s.img");
     create_image(path, MiB, true);
@@ -637,7 +470,7 @@ AIO_TEST(direct_unaligned_buffers_and_tail)
     uint8_t *mem = malloc(3 * 65536 + 16), *buf = mem + 1;
     uint8_t check[70000];
     int64_t len = 100000 + 123;
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "d.img");
     create_image(path, len, true);
@@ -660,7 +493,7 @@ AIO_TEST(direct_unaligned_buffers_and_tail)
     /* A multi-buffer vector whose pieces are not aligned either. */
     {
         IOVector v;
-        Req r = { .kind = REQ_READ, .blk = o.blk, .off = 73728, .len = 8192 };
+        TestReq r = { .kind = REQ_READ, .blk = o.blk, .off = 73728, .len = 8192 };
         iov_init(&v, 2);
         iov_add(&v, mem + 3, 100);
         iov_add(&v, mem + 200, 8092);
@@ -703,7 +536,7 @@ AIO_TEST(zeroes_and_discard)
 {
     char path[128];
     uint8_t *buf = malloc(256 * 1024);
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "z.img");
     create_image(path, 2 * MiB, true);
@@ -747,7 +580,7 @@ AIO_TEST(zeroes_past_end_of_shrunk_file)
     char path[128];
     uint8_t *buf = malloc(256 * 1024);
     struct stat st;
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "zt.img");
     create_image(path, MiB, true);
@@ -788,7 +621,7 @@ static int node_status(BlockNode *bs, int64_t off, int64_t bytes, int64_t *pnum,
                        int64_t *map)
 {
     StatusRun s = { .bs = bs, .off = off, .bytes = bytes };
-    run_main(node_status_co, &s);
+    run_co(node_status_co, &s);
     *pnum = s.pnum;
     *map = s.map;
     return s.ret;
@@ -799,7 +632,7 @@ AIO_TEST(block_status_on_sparse_file)
     char path[128];
     uint8_t buf[65536];
     int64_t pnum, map;
-    Open o;
+    TestOpen o;
     int ret;
 
     make_path(path, sizeof(path), "sparse.img");
@@ -832,11 +665,11 @@ AIO_TEST(block_status_on_sparse_file)
     cr_assert_eq(pnum, MiB);
 
     /* Through raw and the backend: the same runs. */
-    Req r = { .kind = REQ_STATUS, .blk = o.blk, .off = 65536, .len = 4 * MiB - 65536 };
+    TestReq r = { .kind = REQ_STATUS, .blk = o.blk, .off = 65536, .len = 4 * MiB - 65536 };
     do_req(r, &r);
     cr_assert(r.ret >= 0 && (r.ret & BDRV_BLOCK_ZERO), "ret %x", r.ret);
     cr_assert_eq(r.pnum, 2 * MiB - 65536);
-    r = (Req){ .kind = REQ_STATUS, .blk = o.blk, .off = 2 * MiB, .len = MiB };
+    r = (TestReq){ .kind = REQ_STATUS, .blk = o.blk, .off = 2 * MiB, .len = MiB };
     do_req(r, &r);
     cr_assert(r.ret >= 0 && (r.ret & BDRV_BLOCK_DATA), "ret %x", r.ret);
     cr_assert_eq(r.pnum, 65536);
@@ -848,14 +681,14 @@ AIO_TEST(truncate_grows_and_shrinks)
     char path[128];
     uint8_t buf[4096];
     struct stat st;
-    Req r;
-    Open o;
+    TestReq r;
+    TestOpen o;
 
     make_path(path, sizeof(path), "t.img");
     create_image(path, MiB, true);
     o = open_ok(raw_def(path, NULL, NULL), RWR_PERM);
 
-    r = (Req){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 3 * MiB };
+    r = (TestReq){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 3 * MiB };
     cr_assert_eq(do_req(r, &r), 0, "%s", r.err);
     cr_assert_eq(stat(path, &st), 0);
     cr_assert_eq(st.st_size, 3 * MiB);
@@ -867,7 +700,7 @@ AIO_TEST(truncate_grows_and_shrinks)
     memset(buf, 9, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 3 * MiB - 4096, buf, 4096), 0);
 
-    r = (Req){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 512 * 1024 };
+    r = (TestReq){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 512 * 1024 };
     cr_assert_eq(do_req(r, &r), 0, "%s", r.err);
     cr_assert_eq(stat(path, &st), 0);
     cr_assert_eq(st.st_size, 512 * 1024);
@@ -884,8 +717,8 @@ Test(file, raw_window)
 {
     char path[128];
     uint8_t buf[8192], check[8192 + 64];
-    Req r;
-    Open o;
+    TestReq r;
+    TestOpen o;
 
     make_path(path, sizeof(path), "win.img");
     create_image(path, MiB, true);
@@ -924,7 +757,7 @@ Test(file, raw_window)
     }
     cr_assert(all_bytes(check + 16, 4096, 0));
     /* A window cannot be resized. */
-    r = (Req){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 4096 };
+    r = (TestReq){ .kind = REQ_TRUNCATE, .blk = o.blk, .off = 4096 };
     cr_assert_lt(do_req(r, &r), 0);
     close_all(&o);
 }
@@ -932,7 +765,7 @@ Test(file, raw_window)
 Test(file, raw_window_errors)
 {
     char path[128];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "win.img");
     create_image(path, MiB, false);
@@ -981,12 +814,12 @@ static void qcow2_magic(uint8_t *buf)
     memcpy(buf, "QFI\xfb\0\0\0\3", 8);
 }
 
-static Open open_probed(const char *path)
+static TestOpen open_probed(const char *path)
 {
-    Open o = { .def = raw_def(path, NULL, NULL), .perm = RW_PERM,
+    TestOpen o = { .def = raw_def(path, NULL, NULL), .perm = RW_PERM,
                .shared = BLK_PERM_ALL, .probed = true };
-    run_main(register_fake_qcow2_co, NULL);
-    run_main(open_co, &o);
+    run_co(register_fake_qcow2_co, NULL);
+    run_co(test_open_co, &o);
     cr_assert(o.blk, "open: %s", o.err);
     return o;
 }
@@ -995,7 +828,7 @@ Test(file, probed_raw_refuses_format_header)
 {
     char path[128];
     uint8_t buf[4096], check[512];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "p.img");
     create_image(path, MiB, true);
@@ -1070,7 +903,7 @@ static int run_cmd(char *out, size_t outlen, const char *fmt, ...)
 Test(file, qemu_img_info_refuses_image_we_write)
 {
     char path[128], out[4096];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "lock.qcow2");
     cr_assert_eq(run_cmd(out, sizeof(out), "qemu-img create -q -f qcow2 '%s' 1M 2>&1",
@@ -1094,7 +927,7 @@ Test(file, qemu_img_info_refuses_image_we_write)
 Test(file, qemu_img_convert_and_resize_refuse_raw_we_write)
 {
     char path[128], copy[128], out[4096];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "lock.img");
     make_path(copy, sizeof(copy), "copy.img");
@@ -1119,7 +952,7 @@ Test(file, qemu_img_convert_and_resize_refuse_raw_we_write)
 Test(file, locking_off_takes_no_locks)
 {
     char path[128], out[4096];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "nolock.img");
     create_image(path, MiB, false);
@@ -1137,7 +970,7 @@ Test(file, read_only_sharing_reader_lets_qemu_write)
 {
     char path[128], out[4096];
     uint8_t buf[512];
-    Open o;
+    TestOpen o;
 
     make_path(path, sizeof(path), "ro.img");
     create_image(path, MiB, true);
@@ -1158,7 +991,7 @@ Test(file, read_only_sharing_reader_lets_qemu_write)
 Test(file, second_writer_in_process_refused)
 {
     char path[128];
-    Open a, b;
+    TestOpen a, b;
 
     make_path(path, sizeof(path), "two.img");
     create_image(path, MiB, false);
@@ -1206,7 +1039,7 @@ Test(file, qemu_storage_daemon_lock_refuses_our_writer, .timeout = 90)
 {
     char path[128], mnt[128], pidfile[128], out[4096];
     pid_t pid;
-    Open o;
+    TestOpen o;
     int fd;
 
     make_path(path, sizeof(path), "qsd.img");

@@ -91,8 +91,7 @@ static void setup(void) NO_THREAD_SAFETY_ANALYSIS
     io[0] = iothread_create("io0");
     io[1] = iothread_create("io1");
 
-    snprintf(dir, sizeof(dir), "/tmp/test-fuse-XXXXXX");
-    cr_assert_not_null(mkdtemp(dir));
+    test_tmpdir_create(dir, sizeof(dir), "test-fuse");
     snprintf(img, sizeof(img), "%s/disk.raw", dir);
     snprintf(mnt, sizeof(mnt), "%s/disk.img", dir);
     fd = open(img, O_CREAT | O_RDWR, 0644);

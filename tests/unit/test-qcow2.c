@@ -26,6 +26,7 @@
 #include "driver.h"
 #include "loop/loop.h"
 #include "util/threads.h"
+#include "test-util.h"
 #include "formats/qcow2/qcow2.h"
 
 #define KiB 1024
@@ -39,48 +40,17 @@ static char tmpdir[64];
 
 static void setup(void) ACQUIRE(global_lock)
 {
-    threads_init_main();
-    global_lock_acquire();
-    loop_init_main();
-    block_init();
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/ds-test-qcow2-XXXXXX");
-    cr_assert(mkdtemp(tmpdir), "mkdtemp: %s", strerror(errno));
+    test_runtime_init();
+    test_tmpdir_create(tmpdir, sizeof(tmpdir), "ds-test-qcow2");
 }
 
 static void teardown(void) RELEASE(global_lock)
 {
-    char cmd[128];
     global_lock_release();
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) {
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-    }
+    test_tmpdir_remove(tmpdir);
 }
 
 TestSuite(qcow2, .init = setup, .fini = teardown, .timeout = 120);
-
-typedef void coroutine_fn MainFn(void *opaque);
-typedef struct MainRun {
-    MainFn *fn;
-    void *opaque;
-    bool done;
-} MainRun;
-
-static void coroutine_fn main_run_entry(void *opaque)
-{
-    MainRun *r = opaque;
-    r->fn(r->opaque);
-    r->done = true;
-}
-
-static void run_main(MainFn *fn, void *opaque)
-{
-    MainRun r = { fn, opaque, false };
-    co_spawn(main_run_entry, &r);
-    while (!r.done) {
-        loop_iterate(loop_main(), true);
-    }
-}
 
 /* Shell helpers: commands run in tmpdir. */
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -133,38 +103,11 @@ static void write_whole(const char *name, const void *buf, size_t len)
  * Opening through the graph
  */
 
-typedef struct Open {
-    json_t *def;
-    bool writable;
-    BlockNode *bs;
-    BlockBackend *blk;
-    char err[1024];
-} Open;
-
-static void coroutine_fn open_co(void *opaque)
+/* The backend's permissions on an image; others may only read. */
+static uint64_t img_perm(bool writable)
 {
-    global_lock_assert_held();
-    Open *o = opaque;
-    Error *err = NULL;
-    o->err[0] = 0;
-    o->bs = bdrv_co_open_blockdev(o->def, &err);
-    json_decref(o->def);
-    if (!o->bs) {
-        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
-        error_free(err);
-        return;
-    }
-    uint64_t perm = BLK_PERM_CONSISTENT_READ |
-                    (o->writable ? BLK_PERM_WRITE | BLK_PERM_RESIZE : 0);
-    o->blk = blk_new("test", perm, BLK_PERM_CONSISTENT_READ);
-    if (blk_insert_node(o->blk, o->bs, &err) < 0) {
-        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
-        error_free(err);
-        blk_co_unref(o->blk);
-        o->blk = NULL;
-        bdrv_co_close_all();
-        o->bs = NULL;
-    }
+    return BLK_PERM_CONSISTENT_READ |
+           (writable ? BLK_PERM_WRITE | BLK_PERM_RESIZE : 0);
 }
 
 static json_t *qcow2_def(const char *name, bool writable, json_t *extra)
@@ -181,95 +124,33 @@ static json_t *qcow2_def(const char *name, bool writable, json_t *extra)
     return d;
 }
 
-static Open open_img(const char *name, bool writable, json_t *extra)
+static TestOpen open_img(const char *name, bool writable, json_t *extra)
 {
-    Open o = { .def = qcow2_def(name, writable, extra), .writable = writable };
-    run_main(open_co, &o);
+    TestOpen o = { .def = qcow2_def(name, writable, extra),
+                   .perm = img_perm(writable), .shared = BLK_PERM_CONSISTENT_READ };
+    run_co(test_open_co, &o);
     return o;
 }
 
-static Open open_ok(const char *name, bool writable)
+static TestOpen open_ok(const char *name, bool writable)
 {
-    Open o = open_img(name, writable, NULL);
+    TestOpen o = open_img(name, writable, NULL);
     cr_assert(o.bs && o.blk, "open %s failed: %s", name, o.err);
     return o;
 }
 
-static void coroutine_fn close_co(void *opaque)
+static void close_img(TestOpen *o)
 {
-    Open *o = opaque;
-    global_lock_assert_held();
-    if (o->blk) {
-        blk_co_unref(o->blk);
-        o->blk = NULL;
-    }
-    bdrv_co_close_all();
-    o->bs = NULL;
-}
-
-static void close_img(Open *o)
-{
-    run_main(close_co, o);
+    run_co(test_close_co, o);
 }
 
 /* ------------------------------------------------------------------------
  * Requests on the main loop
  */
 
-typedef enum { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD, REQ_FLUSH,
-               REQ_STATUS, REQ_TRUNCATE } ReqKind;
-
-typedef struct Req {
-    ReqKind kind;
-    BlockBackend *blk;
-    int64_t off, len;
-    void *buf;
-    BdrvRequestFlags flags;
-    int64_t pnum;
-    int ret;
-    char err[512];
-} Req;
-
-static void coroutine_fn req_co(void *opaque)
+static TestReq do_req(TestReq r)
 {
-    Req *r = opaque;
-    IOVector v;
-    Error *err = NULL;
-    if (r->buf) {
-        iov_init_buf(&v, r->buf, r->len);
-    }
-    switch (r->kind) {
-    case REQ_READ:
-        r->ret = blk_co_preadv(r->blk, r->off, r->len, &v, r->flags);
-        break;
-    case REQ_WRITE:
-        r->ret = blk_co_pwritev(r->blk, r->off, r->len, &v, r->flags);
-        break;
-    case REQ_ZERO:
-        r->ret = blk_co_pwrite_zeroes(r->blk, r->off, r->len, r->flags);
-        break;
-    case REQ_DISCARD:
-        r->ret = blk_co_pdiscard(r->blk, r->off, r->len);
-        break;
-    case REQ_FLUSH:
-        r->ret = blk_co_flush(r->blk);
-        break;
-    case REQ_STATUS:
-        r->ret = blk_co_block_status(r->blk, r->off, r->len, &r->pnum);
-        break;
-    case REQ_TRUNCATE:
-        r->ret = blk_co_truncate(r->blk, r->off, true, &err);
-        if (err) {
-            snprintf(r->err, sizeof(r->err), "%s", error_get_pretty(err));
-            error_free(err);
-        }
-        break;
-    }
-}
-
-static Req do_req(Req r)
-{
-    run_main(req_co, &r);
+    run_co(test_req_co, &r);
     if (r.ret < 0) {
         fprintf(stderr, "request %d at %lld+%lld: %s %s\n", r.kind, (long long)r.off,
                 (long long)r.len, strerror(-r.ret), r.err);
@@ -277,11 +158,11 @@ static Req do_req(Req r)
     return r;
 }
 
-#define READ(blk, o, b, l)   do_req((Req){ REQ_READ, blk, o, l, b }).ret
-#define WRITE(blk, o, b, l)  do_req((Req){ REQ_WRITE, blk, o, l, (void *)(b) }).ret
-#define ZERO(blk, o, l, f)   do_req((Req){ REQ_ZERO, blk, o, l, .flags = (f) }).ret
-#define DISCARD(blk, o, l)   do_req((Req){ REQ_DISCARD, blk, o, l }).ret
-#define FLUSH(blk)           do_req((Req){ REQ_FLUSH, blk }).ret
+#define READ(blk, o, b, l)   do_req((TestReq){ REQ_READ, blk, o, l, b }).ret
+#define WRITE(blk, o, b, l)  do_req((TestReq){ REQ_WRITE, blk, o, l, (void *)(b) }).ret
+#define ZERO(blk, o, l, f)   do_req((TestReq){ REQ_ZERO, blk, o, l, .flags = (f) }).ret
+#define DISCARD(blk, o, l)   do_req((TestReq){ REQ_DISCARD, blk, o, l }).ret
+#define FLUSH(blk)           do_req((TestReq){ REQ_FLUSH, blk }).ret
 
 /* Reads the whole image through the driver and compares it with
  * `qemu-img convert -O raw`. */
@@ -292,7 +173,7 @@ static void assert_reads_like_qemu(const char *name)
     char ref[256];
     snprintf(ref, sizeof(ref), "%s.ref.raw", name);
     uint8_t *expect = read_whole(ref, &rlen);
-    Open o = open_ok(name, false);
+    TestOpen o = open_ok(name, false);
     cr_assert_eq(blk_getlength(o.blk), (int64_t)rlen, "length of %s", name);
     uint8_t *got = malloc(rlen + 1);
     memset(got, 0x5a, rlen);
@@ -405,12 +286,12 @@ Test(qcow2, block_status_reports_allocation)
     SH_OK("qemu-img create -q -f qcow2 bs.qcow2 4M");
     SH_OK("qemu-io -f qcow2 -c 'write -P 1 64k 128k' -c 'write -z 1M 64k' "
           "bs.qcow2 > /dev/null");
-    Open o = open_ok("bs.qcow2", false);
-    Req r = do_req((Req){ REQ_STATUS, o.blk, 64 * KiB, 3 * MiB });
+    TestOpen o = open_ok("bs.qcow2", false);
+    TestReq r = do_req((TestReq){ REQ_STATUS, o.blk, 64 * KiB, 3 * MiB });
     cr_assert(r.ret >= 0);
     cr_assert(r.ret & BDRV_BLOCK_DATA, "status %x", r.ret);
     cr_assert_eq(r.pnum, 128 * KiB);
-    r = do_req((Req){ REQ_STATUS, o.blk, 1 * MiB, 1 * MiB });
+    r = do_req((TestReq){ REQ_STATUS, o.blk, 1 * MiB, 1 * MiB });
     cr_assert(r.ret & BDRV_BLOCK_ZERO, "status %x", r.ret);
     cr_assert_eq(r.pnum, 64 * KiB);
     close_img(&o);
@@ -428,7 +309,6 @@ struct Job {
     int64_t size;
     uint32_t seed;
     int errors;
-    _Atomic int *done;
 };
 
 static uint32_t rnd(uint32_t *s)
@@ -460,32 +340,11 @@ static void coroutine_fn job_entry(void *opaque)
         memcpy(j->ref + off, buf, len);
     }
     free(buf);
-    atomic_fetch_add(j->done, 1);
-    loop_kick(loop_main());
-}
-
-static void job_start_bh(void *opaque)
-{
-    co_spawn(job_entry, opaque);
 }
 
 static void run_jobs(Job *jobs, int n)
 {
-    IOThread *threads[8];
-    _Atomic int done = 0;
-    for (int i = 0; i < n; i++) {
-        char name[32];
-        snprintf(name, sizeof(name), "q-io%d", i);
-        threads[i] = iothread_create(name);
-        jobs[i].done = &done;
-        loop_schedule(iothread_loop(threads[i]), job_start_bh, &jobs[i]);
-    }
-    while (atomic_load(&done) < n) {
-        loop_iterate(loop_main(), true);
-    }
-    for (int i = 0; i < n; i++) {
-        iothread_destroy(threads[i]);
-    }
+    run_co_on_iothreads("q-io", job_entry, jobs, sizeof(*jobs), n);
 }
 
 static void random_writes_from_iothreads(int cluster_size, int refbits, int64_t size)
@@ -495,7 +354,7 @@ static void random_writes_from_iothreads(int cluster_size, int refbits, int64_t 
     SH_OK("qemu-img create -q -f qcow2 -o cluster_size=%d,refcount_bits=%d %s %lld",
           cluster_size, refbits, name, (long long)size);
     uint8_t *ref = calloc(1, size);
-    Open o = open_ok(name, true);
+    TestOpen o = open_ok(name, true);
     Job jobs[4];
     for (int i = 0; i < 4; i++) {
         jobs[i] = (Job){ .blk = o.blk, .index = i, .nthreads = 4, .ref = ref,
@@ -532,7 +391,7 @@ Test(qcow2, cow_over_backing_reads_only_uncovered_parts)
     SH_OK("qemu-img create -q -f qcow2 -b cb.qcow2 -F qcow2 co.qcow2 4M");
     uint8_t *ref = calloc(1, size);
     memset(ref, 0x5c, 3 * MiB);
-    Open o = open_ok("co.qcow2", true);
+    TestOpen o = open_ok("co.qcow2", true);
     static const struct { int64_t off, len; } w[] = {
         { 1000, 3000 }, { 65536 + 512, 512 }, { 200000, 300000 },
         { 3 * MiB - 4096, 8192 }, { 4 * MiB - 700, 700 },
@@ -560,7 +419,7 @@ Test(qcow2, zero_writes_and_discards)
     for (int n = 0; n < 2; n++) {
         uint8_t *ref = malloc(size), *buf = malloc(size);
         memset(ref, n == 0 ? 0x66 : 0, size);
-        Open o = open_ok(names[n], true);
+        TestOpen o = open_ok(names[n], true);
         memset(buf, 0x99, size);
         cr_assert_eq(WRITE(o.blk, 0, buf, 2 * MiB), 0);
         memset(ref, 0x99, 2 * MiB);
@@ -595,7 +454,7 @@ Test(qcow2, overwrite_compressed_and_snapshot_shared_clusters)
     SH_OK("qemu-img snapshot -c snap1 s.qcow2");
     size_t len;
     uint8_t *ref = read_whole("s.raw", &len);
-    Open o = open_ok("s.qcow2", true);
+    TestOpen o = open_ok("s.qcow2", true);
     uint8_t buf[70000];
     memset(buf, 0xc3, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 12345, buf, sizeof(buf)), 0);
@@ -610,15 +469,15 @@ Test(qcow2, overwrite_compressed_and_snapshot_shared_clusters)
 Test(qcow2, resize_grows_and_refuses_to_cut_data)
 {
     SH_OK("qemu-img create -q -f qcow2 -o cluster_size=512 r.qcow2 1M");
-    Open o = open_ok("r.qcow2", true);
+    TestOpen o = open_ok("r.qcow2", true);
     uint8_t buf[4096];
     memset(buf, 0x42, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 900 * KiB, buf, sizeof(buf)), 0);
     /* 512 B clusters: 1 MiB of L2 coverage per 32 KiB, so L1 must grow */
-    Req r = do_req((Req){ REQ_TRUNCATE, o.blk, 64 * MiB });
+    TestReq r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 64 * MiB });
     cr_assert_eq(r.ret, 0, "grow: %s", r.err);
     cr_assert_eq(WRITE(o.blk, 60 * MiB, buf, sizeof(buf)), 0);
-    r = do_req((Req){ REQ_TRUNCATE, o.blk, 2 * MiB });
+    r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 2 * MiB });
     cr_assert_neq(r.ret, 0);
     cr_assert(strstr(r.err, "in use"), "got: %s", r.err);
     close_img(&o);
@@ -634,7 +493,7 @@ Test(qcow2, resize_grows_and_refuses_to_cut_data)
     SH_OK("qemu-img create -q -f qcow2 -o cluster_size=512,refcount_bits=64 "
           "r64.qcow2 1M");
     o = open_ok("r64.qcow2", true);
-    r = do_req((Req){ REQ_TRUNCATE, o.blk, 256 * MiB });
+    r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 256 * MiB });
     cr_assert_eq(r.ret, 0, "grow: %s", r.err);
     cr_assert_eq(WRITE(o.blk, 200 * MiB, buf, sizeof(buf)), 0);
     close_img(&o);
@@ -690,12 +549,12 @@ Test(qcow2, create_then_write_passes_qemu_check)
         Create c = { .name = name, .opts = { .size = 5 * MiB + 512,
                      .cluster_size = v[i].cs, .refcount_bits = v[i].bits,
                      .compression_type = i == 1 ? QCOW2_COMPRESSION_ZSTD : 0 } };
-        run_main(create_co, &c);
+        run_co(create_co, &c);
         cr_assert_eq(c.ret, 0, "create: %s", c.err);
         cr_assert_eq(sh("qemu-img check -q %s", name), 0, "fresh image %s", name);
         int64_t size = 5 * MiB + 512;
         uint8_t *ref = calloc(1, size), buf[100000];
-        Open o = open_ok(name, true);
+        TestOpen o = open_ok(name, true);
         memset(buf, 0x3e, sizeof(buf));
         cr_assert_eq(WRITE(o.blk, size - 60000, buf, 60000), 0);
         cr_assert_eq(WRITE(o.blk, 777, buf, sizeof(buf)), 0);
@@ -709,7 +568,7 @@ Test(qcow2, create_then_write_passes_qemu_check)
     SH_OK("qemu-img create -q -f qcow2 cbase.qcow2 1M");
     Create c = { .name = "cover.qcow2", .opts = { .size = 1 * MiB,
                  .backing_file = "cbase.qcow2", .backing_format = "qcow2" } };
-    run_main(create_co, &c);
+    run_co(create_co, &c);
     cr_assert_eq(c.ret, 0, "create: %s", c.err);
     cr_assert_eq(sh("qemu-img info cover.qcow2 | grep -q 'backing file format: qcow2'"), 0);
     cr_assert_eq(sh("qemu-img check -q cover.qcow2"), 0);
@@ -745,7 +604,7 @@ static void patch_be32(const char *name, long off, uint32_t v)
 
 static void expect_refused(const char *name, const char *needle1, const char *needle2)
 {
-    Open o = open_img(name, false, NULL);
+    TestOpen o = open_img(name, false, NULL);
     cr_assert_null(o.bs, "%s was opened", name);
     cr_assert(strstr(o.err, needle1) && strstr(o.err, needle2),
               "%s: message '%s' lacks '%s' / '%s'", name, o.err, needle1, needle2);
@@ -787,7 +646,7 @@ Test(qcow2, corrupt_bit_allows_read_only)
 {
     SH_OK("qemu-img create -q -f qcow2 cb1.qcow2 1M");
     patch_be64("cb1.qcow2", 72, 1ull << 1);
-    Open o = open_img("cb1.qcow2", true, NULL);
+    TestOpen o = open_img("cb1.qcow2", true, NULL);
     cr_assert_null(o.bs);
     cr_assert(strstr(o.err, "corrupt"), "got: %s", o.err);
     o = open_ok("cb1.qcow2", false);
@@ -811,7 +670,7 @@ Test(qcow2, dirty_image_refcounts_rebuilt_before_writes)
     free(zeros);
     uint8_t *ref = calloc(1, size), buf[8192];
     memset(ref, 0x21, 1 * MiB);
-    Open o = open_ok("d.qcow2", true);
+    TestOpen o = open_ok("d.qcow2", true);
     memset(buf, 0x55, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 1536 * KiB, buf, sizeof(buf)), 0);
     memset(ref + 1536 * KiB, 0x55, sizeof(buf));
@@ -825,7 +684,7 @@ Test(qcow2, unknown_autoclear_bits_cleared_before_first_write)
 {
     SH_OK("qemu-img create -q -f qcow2 a.qcow2 1M");
     patch_be64("a.qcow2", 88, 1ull << 7);
-    Open o = open_ok("a.qcow2", true);
+    TestOpen o = open_ok("a.qcow2", true);
     uint8_t buf[512] = { 1 };
     cr_assert_eq(WRITE(o.blk, 0, buf, 512), 0);
     close_img(&o);
@@ -853,15 +712,15 @@ static void compressed_write_for(const char *type)
     for (int i = 0; i < 65536; i++) {
         ref[65536 + i] = (uint8_t)((i * 2654435761u) >> 13);
     }
-    Open o = open_ok(name, true);
-    Req r = do_req((Req){ REQ_WRITE, o.blk, 0, size, ref, .flags = BDRV_REQ_COMPRESS });
+    TestOpen o = open_ok(name, true);
+    TestReq r = do_req((TestReq){ REQ_WRITE, o.blk, 0, size, ref, .flags = BDRV_REQ_COMPRESS });
     cr_assert_eq(r.ret, 0);
     /* overwrite one compressed cluster partially: COW from compressed data */
     memset(ref + 300000, 0x7e, 5000);
     cr_assert_eq(WRITE(o.blk, 300000, ref + 300000, 5000), 0);
     /* and recompress another over an old compressed one */
     memset(ref + 1 * MiB, 0x11, 65536);
-    r = do_req((Req){ REQ_WRITE, o.blk, 1 * MiB, 65536, ref + 1 * MiB,
+    r = do_req((TestReq){ REQ_WRITE, o.blk, 1 * MiB, 65536, ref + 1 * MiB,
                       .flags = BDRV_REQ_COMPRESS });
     cr_assert_eq(r.ret, 0);
     close_img(&o);
@@ -885,13 +744,13 @@ Test(qcow2, resize_never_resurrects_old_data)
 {
     /* shrink into a partial cluster, grow again: the cut bytes read as 0 */
     SH_OK("qemu-img create -q -f qcow2 rz.qcow2 1M");
-    Open o = open_ok("rz.qcow2", true);
+    TestOpen o = open_ok("rz.qcow2", true);
     uint8_t buf[65536];
     memset(buf, 0x9d, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 1 * MiB - 65536, buf, sizeof(buf)), 0);
-    Req r = do_req((Req){ REQ_TRUNCATE, o.blk, 1 * MiB - 1000 });
+    TestReq r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 1 * MiB - 1000 });
     cr_assert_eq(r.ret, 0, "shrink: %s", r.err);
-    r = do_req((Req){ REQ_TRUNCATE, o.blk, 1 * MiB });
+    r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 1 * MiB });
     cr_assert_eq(r.ret, 0, "grow: %s", r.err);
     close_img(&o);
     uint8_t *ref = calloc(1, 1 * MiB);
@@ -904,7 +763,7 @@ Test(qcow2, resize_never_resurrects_old_data)
     SH_OK("qemu-io -f qcow2 -c 'write -P 0x31 0 4M' rb.qcow2 > /dev/null");
     SH_OK("qemu-img create -q -f qcow2 -b rb.qcow2 -F qcow2 ro.qcow2 1000448");
     o = open_ok("ro.qcow2", true);
-    r = do_req((Req){ REQ_TRUNCATE, o.blk, 3 * MiB });
+    r = do_req((TestReq){ REQ_TRUNCATE, o.blk, 3 * MiB });
     cr_assert_eq(r.ret, 0, "grow: %s", r.err);
     close_img(&o);
     ref = calloc(1, 3 * MiB);
@@ -942,7 +801,7 @@ static void coroutine_fn snap_co(void *opaque)
 static int snap(BlockNode *bs, char op, const char *name, char *err, size_t errlen)
 {
     SnapCall c = { bs, op, name };
-    run_main(snap_co, &c);
+    run_co(snap_co, &c);
     if (err) {
         snprintf(err, errlen, "%s", c.err);
     }
@@ -951,7 +810,7 @@ static int snap(BlockNode *bs, char op, const char *name, char *err, size_t errl
 
 static void expect_image(const char *name, const uint8_t *ref, size_t len)
 {
-    Open o = open_ok(name, false);
+    TestOpen o = open_ok(name, false);
     uint8_t *got = malloc(len);
     cr_assert_eq(READ(o.blk, 0, got, len), 0);
     cr_assert(memcmp(got, ref, len) == 0, "%s content differs", name);
@@ -968,7 +827,7 @@ Test(qcow2, snapshots_create_apply_delete_interop)
     memset(a, 0, size);
     memset(a + 4096, 0xa1, 1 * MiB);
 
-    Open o = open_ok("sn.qcow2", true);
+    TestOpen o = open_ok("sn.qcow2", true);
     cr_assert_eq(WRITE(o.blk, 4096, a + 4096, 1 * MiB), 0);
     cr_assert_eq(snap(o.bs, 'c', "one", err, sizeof(err)), 0, "create: %s", err);
     cr_assert_neq(snap(o.bs, 'c', "one", err, sizeof(err)), 0);
@@ -1030,7 +889,7 @@ Test(qcow2, corruption_found_while_running_stops_writes_not_reads)
     free(img);
     /* guest cluster 1 now claims to live inside the header cluster */
     patch_be64("rc.qcow2", l2 + 8, QCOW_OFLAG_COPIED | 0x200);
-    Open o = open_ok("rc.qcow2", true);
+    TestOpen o = open_ok("rc.qcow2", true);
     uint8_t buf[4096];
     memset(buf, 0x99, sizeof(buf));
     cr_assert_eq(WRITE(o.blk, 65536, buf, sizeof(buf)), -EIO);
@@ -1053,11 +912,11 @@ Test(qcow2, works_over_o_direct_file)
           "od.qcow2 > /dev/null");
     char p[256];
     path_of(p, sizeof(p), "od.qcow2");
-    Open o = { .writable = true,
+    TestOpen o = { .perm = img_perm(true), .shared = BLK_PERM_CONSISTENT_READ,
                .def = json_pack("{s:s, s:s, s:{s:s, s:s, s:b}}", "driver", "qcow2",
                                 "node-name", "disk", "file", "driver", "file",
                                 "filename", p, "cache.direct", 1) };
-    run_main(open_co, &o);
+    run_co(test_open_co, &o);
     cr_assert(o.bs && o.blk, "open with cache.direct: %s", o.err);
     uint8_t *ref = calloc(1, size), *buf = malloc(size);
     memset(ref, 0x12, 65536);
@@ -1083,7 +942,7 @@ Test(qcow2, backing_option_overrides_the_header)
     uint8_t buf[4096];
 
     /* backing: null -> no backing, unallocated clusters read as zeroes */
-    Open o = open_img("ho.qcow2", false, json_pack("{s:n}", "backing"));
+    TestOpen o = open_img("ho.qcow2", false, json_pack("{s:n}", "backing"));
     cr_assert(o.bs, "%s", o.err);
     cr_assert_eq(READ(o.blk, 0, buf, sizeof(buf)), 0);
     cr_assert(buf[0] == 0 && buf[4095] == 0);

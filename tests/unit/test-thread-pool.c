@@ -20,21 +20,15 @@
 #include "coroutine/coroutine.h"
 #include "loop/loop.h"
 #include "util/threads.h"
+#include "test-util.h"
 
-#define GUARD_NS (20LL * 1000000000LL)
 
-static void setup(void)
-{
-    threads_init_main();
-    loop_init_main();
-}
-
-TestSuite(pool, .init = setup, .timeout = 60);
+TestSuite(pool, .init = test_loop_init, .timeout = 60);
 
 /* Iterates the main loop until *count reaches want, or the guard expires. */
 static void run_until_count(atomic_int *count, int want)
 {
-    int64_t deadline = clock_ns() + GUARD_NS;
+    int64_t deadline = clock_ns() + TEST_GUARD_NS;
 
     while (atomic_load(count) < want && clock_ns() < deadline) {
         loop_iterate(loop_main(), false);
@@ -46,13 +40,41 @@ static void run_until_count(atomic_int *count, int want)
                  atomic_load(count), want);
 }
 
+/* One coroutine's co_run_blocking(fn, NULL) and its result. */
+typedef struct BlockingCall {
+    int (*fn)(void *opaque);
+    int ret;
+    atomic_int *done;
+} BlockingCall;
+
+static void coroutine_fn blocking_co(void *opaque)
+{
+    BlockingCall *b = opaque;
+
+    b->ret = co_run_blocking(b->fn, NULL);
+    atomic_fetch_add(b->done, 1);
+}
+
+/* Spawns n coroutines on the main loop that each run fn through the pool
+ * (calls[i].ret starts at 1), and waits until all n have their result. */
+static void run_blocking_calls(BlockingCall *calls, int n, int (*fn)(void *))
+{
+    atomic_int done = 0;
+
+    for (int i = 0; i < n; i++) {
+        calls[i] = (BlockingCall){ .fn = fn, .ret = 1, .done = &done };
+        co_spawn(blocking_co, &calls[i]);
+    }
+    run_until_count(&done, n);
+}
+
 /* The timeout guard of a wait on a statically initialised (realtime) condvar. */
 static struct timespec guard_deadline(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += GUARD_NS / 1000000000LL;
+    ts.tv_sec += TEST_GUARD_NS / 1000000000LL;
     return ts;
 }
 
@@ -199,32 +221,14 @@ static int wait_for_cap(void *opaque)
     return -ret;
 }
 
-typedef struct GateCall {
-    int ret;
-    atomic_int *done;
-} GateCall;
-
-static void coroutine_fn gate_co(void *opaque)
-{
-    GateCall *g = opaque;
-
-    g->ret = co_run_blocking(wait_for_cap, NULL);
-    atomic_fetch_add(g->done, 1);
-}
-
 Test(pool, more_callers_than_workers_queue)
 {
     enum { CAP = 4, CALLERS = 40 };
-    GateCall calls[CALLERS];
-    atomic_int done = 0;
+    BlockingCall calls[CALLERS];
 
     thread_pool_set_limits(CAP, 5 * 1000000000LL);
     gate_cap = CAP;
-    for (int i = 0; i < CALLERS; i++) {
-        calls[i] = (GateCall){ .ret = 1, .done = &done };
-        co_spawn(gate_co, &calls[i]);
-    }
-    run_until_count(&done, CALLERS);
+    run_blocking_calls(calls, CALLERS, wait_for_cap);
     for (int i = 0; i < CALLERS; i++) {
         cr_assert_eq(calls[i].ret, 0, "call %d: %d", i, calls[i].ret);
     }
@@ -255,31 +259,13 @@ static int barrier_wait(void *opaque)
     return bar_arrived >= bar_n ? 0 : -ret;
 }
 
-typedef struct BarCall {
-    int ret;
-    atomic_int *done;
-} BarCall;
-
-static void coroutine_fn barrier_co(void *opaque)
-{
-    BarCall *b = opaque;
-
-    b->ret = co_run_blocking(barrier_wait, NULL);
-    atomic_fetch_add(b->done, 1);
-}
-
 Test(pool, calls_run_in_parallel)
 {
     enum { N = 24 };
-    BarCall calls[N];
-    atomic_int done = 0;
+    BlockingCall calls[N];
 
     bar_n = N;
-    for (int i = 0; i < N; i++) {
-        calls[i] = (BarCall){ .ret = 1, .done = &done };
-        co_spawn(barrier_co, &calls[i]);
-    }
-    run_until_count(&done, N);
+    run_blocking_calls(calls, N, barrier_wait);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(calls[i].ret, 0, "call %d did not meet the others: %d",
                      i, calls[i].ret);
@@ -292,26 +278,21 @@ Test(pool, calls_run_in_parallel)
 Test(pool, idle_workers_exit_and_restart)
 {
     enum { N = 6 };
-    BarCall calls[N];
+    BlockingCall calls[N];
     atomic_int done = 0;
     int64_t deadline;
 
     thread_pool_set_limits(64, 20 * 1000000LL);      /* 20 ms idle */
     bar_n = N;
-    for (int i = 0; i < N; i++) {
-        calls[i] = (BarCall){ .ret = 1, .done = &done };
-        co_spawn(barrier_co, &calls[i]);
-    }
-    run_until_count(&done, N);
+    run_blocking_calls(calls, N, barrier_wait);
     /* The exit has no event to wait on: poll the count, bounded. */
-    deadline = clock_ns() + GUARD_NS;
+    deadline = clock_ns() + TEST_GUARD_NS;
     while (thread_pool_worker_count() > 0 && clock_ns() < deadline) {
         nanosleep(&(struct timespec){ .tv_nsec = 5000000 }, NULL);
     }
     cr_assert_eq(thread_pool_worker_count(), 0);
 
     /* The pool still serves calls afterwards. */
-    atomic_store(&done, 0);
     Call c = { .arg = 5, .done = &done };
     co_spawn(call_co, &c);
     run_until_count(&done, 1);

@@ -1,0 +1,197 @@
+/*
+ * test-util.c — scaffolding the unit tests share (see test-util.h).
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block-gs.h"
+#include "loop/loop.h"
+#include "util/threads.h"
+#include "test-util.h"
+
+void test_loop_init(void)
+{
+    threads_init_main();
+    loop_init_main();
+}
+
+void test_runtime_init(void)
+{
+    threads_init_main();
+    global_lock_acquire();
+    loop_init_main();
+    block_init();
+}
+
+void test_tmpdir_create(char *dir, size_t len, const char *prefix)
+{
+    snprintf(dir, len, "/tmp/%s-XXXXXX", prefix);
+    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+}
+
+void test_tmpdir_remove(const char *dir)
+{
+    char cmd[128];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "could not remove %s\n", dir);
+    }
+}
+
+typedef struct RunCo {
+    CoroutineEntry *fn;
+    void *opaque;
+    _Atomic bool done;
+} RunCo;
+
+static void coroutine_fn run_co_entry(void *opaque)
+{
+    RunCo *r = opaque;
+    r->fn(r->opaque);
+    atomic_store(&r->done, true);
+}
+
+void run_co(CoroutineEntry *fn, void *opaque)
+{
+    RunCo r = { .fn = fn, .opaque = opaque };
+    co_spawn(run_co_entry, &r);
+    wait_flag(&r.done);
+}
+
+void wait_flag(_Atomic bool *flag)
+{
+    while (!atomic_load(flag)) {
+        loop_iterate(loop_main(), true);
+    }
+}
+
+typedef struct IOThreadJob {
+    CoroutineEntry *fn;
+    void *job;
+    _Atomic int *done;
+} IOThreadJob;
+
+static void coroutine_fn iothread_job_entry(void *opaque)
+{
+    IOThreadJob *j = opaque;
+
+    j->fn(j->job);
+    atomic_fetch_add(j->done, 1);
+    loop_kick(loop_main());
+}
+
+static void iothread_job_start_bh(void *opaque)
+{
+    co_spawn(iothread_job_entry, opaque);
+}
+
+void run_co_on_iothreads(const char *prefix, CoroutineEntry *fn, void *jobs,
+                         size_t job_size, int n)
+{
+    IOThread *threads[8];
+    IOThreadJob j[8];
+    _Atomic int done = 0;
+
+    cr_assert(n <= 8);
+    for (int i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "%s%d", prefix, i);
+        threads[i] = iothread_create(name);
+        j[i] = (IOThreadJob){ fn, (char *)jobs + i * job_size, &done };
+        loop_schedule(iothread_loop(threads[i]), iothread_job_start_bh, &j[i]);
+    }
+    while (atomic_load(&done) < n) {
+        loop_iterate(loop_main(), true);
+    }
+    for (int i = 0; i < n; i++) {
+        iothread_destroy(threads[i]);
+    }
+}
+
+void coroutine_fn test_req_co(void *opaque)
+{
+    TestReq *r = opaque;
+    IOVector v, *qiov = r->qiov;
+    Error *err = NULL;
+
+    if (!qiov && r->buf) {
+        iov_init_buf(&v, r->buf, r->len);
+        qiov = &v;
+    }
+    switch (r->kind) {
+    case REQ_READ:
+        r->ret = blk_co_preadv(r->blk, r->off, r->len, qiov, r->flags);
+        break;
+    case REQ_WRITE:
+        r->ret = blk_co_pwritev(r->blk, r->off, r->len, qiov, r->flags);
+        break;
+    case REQ_ZERO:
+        r->ret = blk_co_pwrite_zeroes(r->blk, r->off, r->len, r->flags);
+        break;
+    case REQ_DISCARD:
+        r->ret = blk_co_pdiscard(r->blk, r->off, r->len);
+        break;
+    case REQ_FLUSH:
+        r->ret = blk_co_flush(r->blk);
+        break;
+    case REQ_STATUS:
+        r->ret = blk_co_block_status(r->blk, r->off, r->len, &r->pnum);
+        break;
+    case REQ_TRUNCATE:
+        r->ret = blk_co_truncate(r->blk, r->off, true, &err);
+        if (err) {
+            snprintf(r->err, sizeof(r->err), "%s", error_get_pretty(err));
+            error_free(err);
+        }
+        break;
+    }
+}
+
+void coroutine_fn test_open_co(void *opaque)
+{
+    global_lock_assert_held();
+    TestOpen *o = opaque;
+    Error *err = NULL;
+
+    o->err[0] = 0;
+    o->bs = bdrv_co_open_blockdev(o->def, &err);
+    json_decref(o->def);
+    o->def = NULL;
+    if (!o->bs) {
+        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
+        error_free(err);
+        return;
+    }
+    /* What `diskstack mount` does after probing guessed raw. */
+    o->bs->probed = o->probed;
+    if (!o->perm) {
+        return;
+    }
+    o->blk = blk_new("test", o->perm, o->shared);
+    if (blk_insert_node(o->blk, o->bs, &err) < 0) {
+        snprintf(o->err, sizeof(o->err), "%s", error_get_pretty(err));
+        error_free(err);
+        blk_co_unref(o->blk);
+        o->blk = NULL;
+        bdrv_co_close_all();
+        o->bs = NULL;
+    }
+}
+
+void coroutine_fn test_close_co(void *opaque)
+{
+    global_lock_assert_held();
+    TestOpen *o = opaque;
+
+    if (o->blk) {
+        blk_co_unref(o->blk);
+        o->blk = NULL;
+    }
+    bdrv_co_close_all();
+    o->bs = NULL;
+}
