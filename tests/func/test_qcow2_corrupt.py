@@ -80,6 +80,38 @@ class Qcow2Corrupt(FuseTestCase):
         self.refused(image, case['expect'], ['--read-only'])
 
 
+    def test_snapshot_refuses_l2_entry_past_eof(self):
+        """Found by tests/fuzz: an L2 entry past the end of the file (beyond
+        the virtual size, so no read sees it) made snapshot creation grow
+        the file to hundreds of GiB.  Now the snapshot fails naming the
+        entry and the file keeps its size."""
+        img = self.path('disk.qcow2')
+        r = subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-o',
+                            'cluster_size=4096', img, '32K'])
+        self.assertEqual(r.returncode, 0)
+        r = subprocess.run(['qemu-io', '-f', 'qcow2', '-c', 'write -P 1 0 8k', img],
+                           stdout=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0)
+        with open(img, 'r+b') as f:
+            f.seek(40)
+            l1 = int.from_bytes(f.read(8), 'big')
+            f.seek(l1)
+            l2 = int.from_bytes(f.read(8), 'big') & 0x00fffffffffffe00
+            f.seek(l2 + 37 * 8)
+            f.write((0x8000000200000000).to_bytes(8, 'big'))
+        size = os.path.getsize(img)
+        r = subprocess.run([diskstack_bin(), 'img', 'snapshot', '-c', 's1', img],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=MOUNT_TIMEOUT)
+        err = r.stderr.decode(errors='replace')
+        self.assertNotEqual(r.returncode, 0, err)
+        self.assertIn('L2 entry 37 of the table at 0x%x' % l2, err)
+        self.assertIn('past the end of the file', err)
+        for w in CRASH_WORDS:
+            self.assertNotIn(w, err)
+        self.assertLess(os.path.getsize(img), size + 1024 * 1024, 'the file grew')
+
+
 def _make_test(name):
     def test(self):
         self.check_case(name)
