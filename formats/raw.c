@@ -28,13 +28,7 @@
 
 #define PROBE_SECTOR 512
 
-/* Format drivers raw's guard asks about sector 0, looked up by name at open
- * because the registry has no iterator (probe callbacks are pure functions,
- * safe on any thread; the registry lookup itself is GS). */
-static const char *const guarded_formats[] = {
-    "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc", "luks",
-    "parallels", "bochs", "cloop", "dmg",
-};
+extern const BlockDriver bdrv_raw;   /* defined at the end of this file */
 
 typedef struct RawState {
     BlockChild *file;
@@ -42,8 +36,6 @@ typedef struct RawState {
     bool has_size;
     /* Only for probed nodes: requests that change sector 0 take it. */
     CoMutex sector0_lock;
-    const BlockDriver *probers[ARRAY_SIZE(guarded_formats)];
-    int nprobers;
 } RawState;
 
 static const BlockOptionDesc raw_options[] = {
@@ -71,18 +63,6 @@ static int raw_probe(const uint8_t *buf, int len, const char *filename)
 /* ------------------------------------------------------------------------
  * Open (GS)
  */
-
-static void find_probers(RawState *s) GS
-{
-    GS_CODE();
-    s->nprobers = 0;
-    for (size_t i = 0; i < ARRAY_SIZE(guarded_formats); i++) {
-        const BlockDriver *drv = bdrv_find_driver(guarded_formats[i]);
-        if (drv && drv->probe) {
-            s->probers[s->nprobers++] = drv;
-        }
-    }
-}
 
 /* GS helper of open (pure): checks offset/size against the file, with
  * QEMU's rules and messages. */
@@ -133,7 +113,6 @@ static int coroutine_fn raw_open(BlockNode *bs, json_t *options, Error **errp) G
     s->offset = offset > 0 ? (uint64_t)offset : 0;
     s->has_size = json_object_get(options, "size") != NULL;
     co_mutex_init(&s->sector0_lock);
-    find_probers(s);
 
     s->file = bdrv_co_open_child(bs, options, "file",
                                  has_window(s) ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
@@ -244,16 +223,12 @@ static bool touches_sector0(BlockNode *bs, int64_t offset, int64_t bytes)
     return bs->probed && offset < PROBE_SECTOR && bytes > 0;
 }
 
-/* I/O: probe callbacks are pure functions; the list was built at open. */
-static bool probes_as_raw(RawState *s, const uint8_t *buf, int len,
-                          const char *filename)
+/* I/O: would this first sector be probed as raw?  Every registered format
+ * is asked (bdrv_probe_format is I/O-or-GS), so a format added later is
+ * guarded too. */
+static bool probes_as_raw(const uint8_t *buf, int len, const char *filename)
 {
-    for (int i = 0; i < s->nprobers; i++) {
-        if (s->probers[i]->probe(buf, len, filename) > raw_probe(buf, len, filename)) {
-            return false;
-        }
-    }
-    return true;
+    return bdrv_probe_format(buf, len, filename) == &bdrv_raw;
 }
 
 /*
@@ -282,7 +257,7 @@ static int coroutine_fn check_new_sector0(BlockNode *bs, int64_t offset,
     } else {
         memset(buf + offset, 0, end - offset);
     }
-    return probes_as_raw(s, buf, len, bs->filename) ? 0 : -EPERM;
+    return probes_as_raw(buf, len, bs->filename) ? 0 : -EPERM;
 }
 
 /*

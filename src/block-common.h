@@ -155,6 +155,12 @@ struct BlockNode {
 /*
  * Global-state-agnostic helpers.
  */
+
+/* I/O or GS: picks the format for an image by its first bytes — the
+ * highest-scoring format driver, raw if none recognises it.  The driver
+ * registry is frozen once block_init() has run. */
+const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
+                                     const char *filename);
 static inline int64_t bdrv_getlength(BlockNode *bs)   /* I/O or GS */
 {
     return atomic_load_explicit(&bs->length, memory_order_acquire);

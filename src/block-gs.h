@@ -21,10 +21,6 @@
 void block_init(void) GS;
 void bdrv_register(const BlockDriver *drv) GS;
 const BlockDriver *bdrv_find_driver(const char *name) GS;
-/* Picks the format for an image by its first bytes: the highest-scoring
- * format driver, raw if none recognises it. */
-const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
-                                     const char *filename) GS;
 /* How many leading bytes bdrv_co_probe_node() reads. */
 #define BDRV_PROBE_BYTES 4096
 /* GS: reads the first bytes of node bs (typically a file node opened alone)

@@ -65,10 +65,13 @@ const BlockDriver *bdrv_find_driver(const char *name)
     return driver_lookup(name);
 }
 
+/* I/O or GS: the registry is filled by block_init() before any IOThread
+ * starts and never changes after, and probe callbacks are pure, so raw's
+ * sector-0 guard may call this on its I/O path. */
 const BlockDriver *bdrv_probe_format(const uint8_t *buf, int len,
                                      const char *filename)
 {
-    GS_CODE();
+    IO_OR_GS_CODE();
     const BlockDriver *raw = driver_lookup("raw");
     const BlockDriver *best = raw;
     int best_score = (raw && raw->probe) ? raw->probe(buf, len, filename) : 1;
