@@ -45,6 +45,9 @@ typedef struct DaemonConfig {
      */
     int coroutine_fn (*start)(void *opaque, Error **errp);
     void *opaque;
+    /* GS (main loop, global lock), optional: called first thing in the
+     * shutdown coroutine (serve closes its QMP socket there). */
+    void (*stop)(void *opaque);
 } DaemonConfig;
 
 /* Runs the daemon until it is stopped; returns the process exit code.

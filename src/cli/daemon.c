@@ -132,6 +132,9 @@ static void coroutine_fn shutdown_co(void *opaque)
 {
     global_lock_assert_held();
     GS_CODE();
+    if (d.config->stop) {
+        d.config->stop(d.config->opaque);
+    }
     delete_exports();
     bdrv_co_close_all();
     destroy_iothreads();

@@ -1,6 +1,6 @@
 /*
  * serve.c — `diskstack serve [--blockdev DEF]... [--export DEF]...
- * [--object DEF]... [--iothreads N] [--pidfile F]`: a graph built from
+ * [--object DEF]... [--iothreads N] [--pidfile F] [--qmp SOCKET]`: a graph built from
  * definitions, served until a signal.
  *
  * A DEF is JSON or QEMU's dotted key=value (defn_parse) and means exactly
@@ -35,6 +35,7 @@
 #include "fuse/export.h"
 #include "loop/loop.h"
 #include "options.h"
+#include "qmp/server.h"
 
 #define MAX_IOTHREADS 1024
 
@@ -48,6 +49,7 @@ typedef struct ServeArgs {
     int n_objects;
     int iothreads;               /* -1: default */
     const char *pidfile;
+    const char *qmp_path;        /* --qmp: the control socket */
     char pidfile_abs[PATH_MAX];
     bool wrote_pidfile;
 } ServeArgs;
@@ -83,6 +85,8 @@ static void print_serve_help(void)
            "                   besides the --object ones when those are given)\n"
            "  --pidfile FILE   write the process id to FILE once every export\n"
            "                   serves; removed at exit\n"
+           "  --qmp SOCKET     accept QMP commands on the unix socket SOCKET\n"
+           "                   (mode 0600, removed at exit)\n"
            "  -h, --help       show this help\n");
 }
 
@@ -197,6 +201,7 @@ static void coroutine_fn delete_gone_export_co(void *opaque)
     if (exp && !daemon_stopping()) {
         fprintf(stderr, "diskstack: export '%s' was unmounted; removing it\n", id);
         daemon_co_delete_export(exp);
+        qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
     }
     free(id);
 }
@@ -262,10 +267,20 @@ static int coroutine_fn serve_start(void *opaque, Error **errp) GS
             return -1;
         }
     }
+    if (s->qmp_path && qmp_server_start(s->qmp_path, errp) < 0) {
+        return -1;
+    }
     if (s->pidfile && write_pidfile(s, errp) < 0) {
         return -1;
     }
     return 0;
+}
+
+/* DaemonConfig.stop (GS): closes the QMP socket first thing at shutdown. */
+static void serve_stop(void *opaque) GS
+{
+    GS_CODE();
+    qmp_server_stop();
 }
 
 /* The pidfile path made absolute now, while the cwd is the user's. */
@@ -292,13 +307,15 @@ static bool resolve_pidfile(ServeArgs *s)
 /* Parses the options; returns -1 to continue, else the exit code. */
 static int parse_serve_args(int argc, char **argv, ServeArgs *s)
 {
-    enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_OBJECT, OPT_IOTHREADS, OPT_PIDFILE };
+    enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_OBJECT, OPT_IOTHREADS, OPT_PIDFILE,
+           OPT_QMP };
     static const struct option longopts[] = {
         { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
         { "export", required_argument, NULL, OPT_EXPORT },
         { "object", required_argument, NULL, OPT_OBJECT },
         { "iothreads", required_argument, NULL, OPT_IOTHREADS },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
+        { "qmp", required_argument, NULL, OPT_QMP },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -310,6 +327,7 @@ static int parse_serve_args(int argc, char **argv, ServeArgs *s)
         case OPT_BLOCKDEV: append(&s->blockdevs, &s->n_blockdevs, optarg); break;
         case OPT_EXPORT: append(&s->exports, &s->n_exports, optarg); break;
         case OPT_PIDFILE: s->pidfile = optarg; break;
+        case OPT_QMP: s->qmp_path = optarg; break;
         case OPT_OBJECT:
             if (!add_object(s, optarg)) {
                 return EXIT_ERROR;
@@ -353,6 +371,7 @@ int cmd_serve(int argc, char **argv)
         config.named_iothreads = s.iothread_ids;
         config.n_named_iothreads = s.n_objects;
         config.start = serve_start;
+        config.stop = serve_stop;
         config.opaque = &s;
         ret = daemon_run(&config);
     }

@@ -182,7 +182,7 @@ def case_help():
         check(r.returncode == 0 and "Usage: diskstack " + cmd in r.stdout,
               f"{cmd} --help: {r.returncode} {r.stdout!r}")
     r = run(["serve", "--help"])
-    check("--qmp" not in r.stdout, "serve --help mentions --qmp")
+    check("--qmp SOCKET" in r.stdout, "serve --help does not list --qmp")
     r = run(["--version"])
     check(r.returncode == 0 and r.stdout.startswith("diskstack "),
           f"--version: {r.returncode} {r.stdout!r}")
@@ -198,7 +198,7 @@ def case_usage_errors():
                          (["mount", "--iothreads", "0", "a", "b"], "--iothreads"),
                          (["mount", "--iothreads", "x", "a", "b"], "--iothreads"),
                          (["mount", "a", "b", "-f"], "requires an argument"),
-                         (["serve", "--qmp", "sock"], "unrecognized option '--qmp'"),
+                         (["serve", "--qmp"], "requires an argument"),
                          (["serve", "extra"], "unexpected argument 'extra'")):
         err = expect_error(args, 2, needle, nlines=2)
         check("--help" in err[1], f"{args}: no hint line: {err}")
