@@ -27,26 +27,12 @@ struct CoWaiter {
 
 TestSuite(coroutine, .init = test_loop_init, .timeout = 60);
 
-static void guard_fired(void *opaque)
-{
-    *(bool *)opaque = true;
-}
-
 static void noop(void *opaque) { }
 
 /* Iterates the main loop until *flag becomes true; fails after TEST_GUARD_NS. */
 static void run_until(atomic_bool *flag)
 {
-    bool expired = false;
-    LoopTimer guard;
-
-    loop_timer_init(&guard, loop_main(), guard_fired, &expired);
-    loop_timer_arm(&guard, clock_ns() + TEST_GUARD_NS);
-    while (!atomic_load(flag) && !expired) {
-        loop_iterate(loop_main(), true);
-    }
-    loop_timer_cancel(&guard);
-    cr_assert(atomic_load(flag), "timed out waiting for the test's event");
+    cr_assert(wait_flag_guarded(flag), "timed out waiting for the test's event");
 }
 
 /* Sets *flag from any thread and wakes the main loop to notice. */

@@ -23,36 +23,16 @@
 #include "coroutine/coroutine.h"
 #include "loop/loop.h"
 #include "util/threads.h"
+#include "test-util.h"
 
-#define GUARD_NS (20LL * 1000000000LL)
-
-static void setup(void)
-{
-    threads_init_main();
-    loop_init_main();
-}
-
-TestSuite(loop, .init = setup, .timeout = 60);
-
-static void guard_fired(void *opaque)
-{
-    *(bool *)opaque = true;
-}
+TestSuite(loop, .init = test_loop_init, .timeout = 60);
 
 static void noop(void *opaque) { }
 
+/* Iterates the main loop until *flag becomes true; fails after TEST_GUARD_NS. */
 static void run_until(atomic_bool *flag)
 {
-    bool expired = false;
-    LoopTimer guard;
-
-    loop_timer_init(&guard, loop_main(), guard_fired, &expired);
-    loop_timer_arm(&guard, clock_ns() + GUARD_NS);
-    while (!atomic_load(flag) && !expired) {
-        loop_iterate(loop_main(), true);
-    }
-    loop_timer_cancel(&guard);
-    cr_assert(atomic_load(flag), "timed out waiting for the test's event");
+    cr_assert(wait_flag_guarded(flag), "timed out waiting for the test's event");
 }
 
 /* ---- bottom halves ----------------------------------------------------- */
@@ -608,21 +588,13 @@ Test(loop, short_sleeps_on_iothreads_with_cross_thread_wakes)
     co_wake(atomic_load(&ring_members[0].co));  /* hand out the token */
 
     /* Not run_until(): the message says where the token stopped. */
-    bool expired = false;
-    LoopTimer guard;
-
-    loop_timer_init(&guard, loop_main(), guard_fired, &expired);
-    loop_timer_arm(&guard, clock_ns() + GUARD_NS);
-    while (!atomic_load(&ring_done) && !expired) {
-        loop_iterate(loop_main(), true);
-    }
-    loop_timer_cancel(&guard);
+    wait_flag_guarded(&ring_done);
     int turns = atomic_load(&ring_turns);
     cr_assert(atomic_load(&ring_done),
               "hang: the token stopped at member %d after %d of %d turns "
               "(a co_sleep_ns of < 2 us that did not end within %lld s)",
               turns % RING_MEMBERS, turns, RING_MEMBERS * RING_LAPS,
-              GUARD_NS / 1000000000LL);
+              TEST_GUARD_NS / 1000000000LL);
     cr_assert_eq(atomic_load(&ring_errors), 0);
     run_until(&ring_bounces_done);
     for (int i = 0; i < RING_THREADS; i++) {

@@ -81,6 +81,25 @@ void wait_flag(_Atomic bool *flag)
     }
 }
 
+static void guard_fired(void *opaque)
+{
+    *(bool *)opaque = true;
+}
+
+bool wait_flag_guarded(_Atomic bool *flag)
+{
+    bool expired = false;
+    LoopTimer guard;
+
+    loop_timer_init(&guard, loop_main(), guard_fired, &expired);
+    loop_timer_arm(&guard, clock_ns() + TEST_GUARD_NS);
+    while (!atomic_load(flag) && !expired) {
+        loop_iterate(loop_main(), true);
+    }
+    loop_timer_cancel(&guard);
+    return atomic_load(flag);
+}
+
 typedef struct IOThreadJob {
     CoroutineEntry *fn;
     void *job;

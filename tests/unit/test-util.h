@@ -38,6 +38,9 @@ void run_co(CoroutineEntry *fn, void *opaque);
 /* Iterates the main loop until *flag becomes true (set by a coroutine or a
  * bottom half).  The criterion timeout is the guard. */
 void wait_flag(_Atomic bool *flag);
+/* Main thread: iterates the main loop until *flag is true or TEST_GUARD_NS
+ * passed (a loop timer, not a sleep); returns *flag. */
+bool wait_flag_guarded(_Atomic bool *flag);
 
 /*
  * Runs fn(job) for each of the n jobs (an array of job_size-byte elements)
