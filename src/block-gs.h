@@ -107,6 +107,32 @@ int bdrv_replace_child_node(BlockChild *c, BlockNode *new_bs, Error **errp)
     GRAPH_WRLOCK GS;
 
 /*
+ * Live graph changes (graph-change.c), for blockdev-snapshot,
+ * blockdev-reopen and transaction.
+ *
+ * The _locked forms change edges only: the caller has quiesced every node
+ * they touch (bdrv_co_quiesce_begin) and holds the graph write lock, so that
+ * a transaction can quiesce several disks first and change them all at one
+ * instant.  On error they leave the graph as it was.  The bdrv_co_ forms
+ * quiesce exactly the nodes they touch, take the write lock and call the
+ * _locked form.
+ */
+/* blockdev-snapshot: every parent of top (backends, nodes, jobs) moves to
+ * overlay, then top becomes overlay's backing.  overlay must be writable,
+ * have no backing edge and no parents; permissions are checked for the new
+ * shape before anything changes. */
+int bdrv_append_overlay_locked(BlockNode *overlay, BlockNode *top,
+                               Error **errp) GRAPH_WRLOCK GS;
+int coroutine_fn bdrv_co_append_overlay(BlockNode *overlay, BlockNode *top,
+                                        Error **errp) GS;
+/* Sets bs's backing edge to backing (NULL removes it); refuses a backing
+ * that would make a loop. */
+int bdrv_set_backing_locked(BlockNode *bs, BlockNode *backing,
+                            Error **errp) GRAPH_WRLOCK GS;
+int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
+                                     Error **errp) GS;
+
+/*
  * Backends.
  */
 typedef struct BlockBackendOps {

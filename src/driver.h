@@ -45,6 +45,22 @@ typedef struct BlockOptionDesc {
     const char *help;
 } BlockOptionDesc;
 
+/* One internal snapshot, as a format reports it (snapshot_list). */
+typedef struct BdrvSnapshotInfo {
+    char id[128];
+    char name[1024];
+    uint64_t date_sec, date_nsec, vm_clock_nsec, vm_state_size, disk_size;
+    uint64_t icount;             /* UINT64_MAX: not recorded */
+} BdrvSnapshotInfo;
+
+/* A node being reopened (blockdev-reopen): see reopen_prepare below. */
+typedef struct BlockReopenState {
+    BlockNode *bs;
+    json_t *options;             /* the new definition (validated) */
+    bool read_only;              /* the new read-only state */
+    void *opaque;                /* the driver's prepared state */
+} BlockReopenState;
+
 /* Options every node takes (handled by the core, listed for validation). */
 extern const BlockOptionDesc bdrv_common_options[];
 
@@ -133,6 +149,48 @@ struct BlockDriver {
      */
     int coroutine_fn (*co_truncate)(BlockNode *bs, int64_t offset, bool exact,
                                     Error **errp) GRAPH_RDLOCK_PTR;
+
+    /*
+     * Internal snapshots (QMP blockdev-snapshot-internal-sync and
+     * -delete-internal-sync, `diskstack snapshot --internal`).
+     * lock: GS (a coroutine on the main loop); in flight: may be — the
+     * callback quiesces the node itself around the metadata change;
+     * threads: main only.  NULL: the format has no internal snapshots.
+     * snapshot_list: *out is a calloc'ed array (free() it); returns the
+     * count or -errno.
+     */
+    int coroutine_fn (*snapshot_create)(BlockNode *bs, const char *name,
+                                        Error **errp) GS_PTR;
+    int coroutine_fn (*snapshot_delete)(BlockNode *bs, const char *id_or_name,
+                                        Error **errp) GS_PTR;
+    int (*snapshot_list)(BlockNode *bs, BdrvSnapshotInfo **out) GS_PTR;
+
+    /*
+     * change_backing_file — rewrites the backing file name and format
+     * recorded in the image header; the graph is not changed (QMP
+     * change-backing-file).  lock: GS; in flight: may be (the callback
+     * serialises with its own metadata updates); threads: main only.
+     */
+    int coroutine_fn (*change_backing_file)(BlockNode *bs, const char *backing_file,
+                                            const char *backing_fmt,
+                                            Error **errp) GS_PTR;
+
+    /*
+     * Reopen with new options (QMP blockdev-reopen), in three steps so that a
+     * reopen of several nodes is all or nothing.
+     * reopen_prepare — lock: GS; in flight: none (the core has quiesced the
+     * node); threads: main only.  Checks rs->options (already validated
+     * against the option table) and rs->read_only, prepares everything that
+     * can fail (a new fd, ...) into rs->opaque and changes nothing visible.
+     * Returns -errno with *errp set to refuse (e.g. "Cannot change the
+     * option 'x'").  NULL: only the core's options may change.
+     * reopen_commit / reopen_abort — lock: GS; in flight: none; threads:
+     * main only.  Cannot fail; exactly one of them follows a successful
+     * prepare and frees rs->opaque.
+     */
+    int coroutine_fn (*reopen_prepare)(BlockReopenState *rs, Error **errp) GS_PTR;
+    void (*reopen_commit)(BlockReopenState *rs) GS_PTR;
+    void (*reopen_abort)(BlockReopenState *rs) GS_PTR;
 };
 
 #endif

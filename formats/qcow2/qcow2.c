@@ -1045,4 +1045,8 @@ const BlockDriver bdrv_qcow2 = {
     .co_flush = qcow2_co_flush,
     .co_block_status = qcow2_co_block_status,
     .co_truncate = qcow2_co_truncate,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_list = qcow2_snapshot_list,
+    .change_backing_file = qcow2_change_backing,
 };

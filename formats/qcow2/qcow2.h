@@ -32,6 +32,7 @@
 #include <stdbool.h>
 #include "block-common.h"
 #include "block-io.h"
+#include "driver.h"
 
 #define QCOW2_MAGIC 0x514649fbu         /* "QFI\xfb" */
 
@@ -345,11 +346,8 @@ void qcow2_compress_tail_freed(Qcow2State *s, uint64_t host_cluster_off);
 int coroutine_fn qcow2_load_snapshots(Qcow2State *s, Error **errp) GRAPH_RDLOCK;
 void qcow2_free_snapshots(Qcow2State *s);
 
-typedef struct Qcow2SnapshotInfo {
-    char id[128];
-    char name[1024];
-    uint64_t date_sec, date_nsec, vm_clock_nsec, vm_state_size, disk_size;
-} Qcow2SnapshotInfo;
+/* The driver-generic snapshot description (driver.h). */
+typedef BdrvSnapshotInfo Qcow2SnapshotInfo;
 /* Internal snapshots (for `diskstack img snapshot`).  GS: in a coroutine on
  * the main loop; each quiesces the node itself.  bs must be a qcow2 node. */
 int coroutine_fn qcow2_snapshot_create(BlockNode *bs, const char *name, Error **errp) GS;

@@ -639,6 +639,8 @@ int qcow2_snapshot_list(BlockNode *bs, Qcow2SnapshotInfo **out)
         o->vm_clock_nsec = sn->vm_clock_nsec;
         o->vm_state_size = sn->vm_state_size;
         o->disk_size = sn->disk_size;
+        /* icount lives in the extra data (bytes 16..23) when recorded */
+        o->icount = sn->extra_size >= 24 ? ld_be64(sn->extra + 16) : UINT64_MAX;
     }
     return s->nb_snap;
 }

@@ -19,20 +19,8 @@
 #include "driver.h"   /* before export.h: its option table needs the type */
 #include "fuse/export.h"
 #include "options.h"
-#include "qmp/server.h"
+#include "qmp/commands.h"
 
-typedef enum { ARG_STR, ARG_BOOL, ARG_ANY_DEF } ArgType;
-
-typedef struct QmpArg {
-    const char *name;
-    ArgType type;
-    bool required;
-} QmpArg;
-
-typedef struct QmpCommandDef {
-    QmpCommand cmd;
-    const QmpArg *args;   /* NULL-terminated; NULL: any arguments (a definition) */
-} QmpCommandDef;
 
 json_t *qmp_version_json(void)
 {
@@ -72,161 +60,42 @@ static json_t *coroutine_fn quit(json_t *args, Error **errp)
     return json_object();
 }
 
-/* GS: one node as QEMU's BlockDeviceInfo (the subset we know). */
-static json_t *node_info(BlockNode *bs) GS
-{
-    const char *fmt = bs->drv->format_name;
-
-    GS_CODE();
-    return json_pack("{s:s,s:s,s:s,s:b,s:{s:s,s:s,s:I}}",
-                     "node-name", bs->node_name, "drv", fmt,
-                     "file", bs->filename, "ro", bs->read_only,
-                     "image", "filename", bs->filename, "format", fmt,
-                     "virtual-size", (json_int_t)bdrv_getlength(bs));
-}
-
-static json_t *coroutine_fn query_named_block_nodes(json_t *args, Error **errp)
-{
-    json_t *list = json_array();
-
-    global_lock_assert_held();
-    GS_CODE();
-    for (BlockNode *bs = bdrv_next_node(NULL); bs; bs = bdrv_next_node(bs)) {
-        json_array_append_new(list, node_info(bs));
-    }
-    return list;
-}
-
-static json_t *coroutine_fn blockdev_add(json_t *args, Error **errp)
-{
-    global_lock_assert_held();
-    GS_CODE();
-    if (blockdev_def_check(args, false, errp) < 0 ||
-        !bdrv_co_open_blockdev(args, errp)) {
-        return NULL;
-    }
-    return json_object();
-}
-
-static json_t *coroutine_fn blockdev_del(json_t *args, Error **errp)
-{
-    global_lock_assert_held();
-    GS_CODE();
-    if (bdrv_co_blockdev_del(json_string_value(json_object_get(args, "node-name")),
-                             errp) < 0) {
-        return NULL;
-    }
-    return json_object();
-}
-
-/* Coroutine entry on the main loop (GS): deletes an export and tells the
- * clients.  opaque is the export's id (freed here). */
-static void coroutine_fn delete_export_co(void *opaque)
-{
-    char *id = opaque;
-    BlockExport *exp;
-
-    global_lock_assert_held();
-    GS_CODE();
-    exp = block_export_find(id);
-    if (exp && !daemon_stopping()) {
-        daemon_co_delete_export(exp);
-        qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
-    }
-    free(id);
-}
-
-/* Main loop (GS): an export's mount went away underneath us. */
-static void export_gone(BlockExport *exp, void *opaque)
-{
-    global_lock_assert_held();
-    co_spawn(delete_export_co, strdup(block_export_id(exp)));
-}
-
-static json_t *coroutine_fn block_export_add_cmd(json_t *args, Error **errp)
-{
-    BlockExport *exp;
-
-    global_lock_assert_held();
-    GS_CODE();
-    if (opts_check(args, fuse_export_options, false, errp) < 0) {
-        return NULL;
-    }
-    exp = block_export_add(args, errp);
-    if (!exp) {
-        return NULL;
-    }
-    block_export_set_gone_cb(exp, export_gone, NULL);
-    return json_object();
-}
-
-static json_t *coroutine_fn block_export_del_cmd(json_t *args, Error **errp)
-{
-    const char *id = json_string_value(json_object_get(args, "id"));
-    BlockExport *exp;
-
-    global_lock_assert_held();
-    GS_CODE();
-    exp = block_export_find(id);
-    if (!exp) {
-        error_setg(errp, "Export '%s' is not found", id);
-        return NULL;
-    }
-    daemon_co_delete_export(exp);
-    qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
-    return json_object();
-}
-
-static json_t *coroutine_fn query_block_exports(json_t *args, Error **errp)
-{
-    json_t *list = json_array();
-
-    global_lock_assert_held();
-    GS_CODE();
-    for (BlockExport *e = block_export_next(NULL); e; e = block_export_next(e)) {
-        json_array_append_new(list, json_pack("{s:s,s:s,s:b}", "type", "fuse",
-                                              "id", block_export_id(e),
-                                              "shutting-down", false));
-    }
-    return list;
-}
-
-/* ------------------------------------------------------------ table */
-
 static const QmpArg no_args[] = { { NULL } };
-static const QmpArg flat_arg[] = { { "flat", ARG_BOOL, false }, { NULL } };
-static const QmpArg node_name_arg[] = { { "node-name", ARG_STR, true }, { NULL } };
-static const QmpArg id_arg[] = { { "id", ARG_STR, true }, { NULL } };
 
-static const QmpCommandDef commands[] = {
+const QmpCommandDef qmp_core_commands[] = {
     { { "qmp_capabilities", qmp_capabilities, "end capability negotiation" }, no_args },
     { { "query-version", query_version, "the diskstack version" }, no_args },
     { { "query-commands", query_commands, "the commands available" }, no_args },
     { { "quit", quit, "shut the daemon down cleanly" }, no_args },
-    { { "query-named-block-nodes", query_named_block_nodes,
-        "the named block nodes" }, flat_arg },
-    { { "blockdev-add", blockdev_add, "open a node from a definition" }, NULL },
-    { { "blockdev-del", blockdev_del, "close a node nothing uses" }, node_name_arg },
-    { { "block-export-add", block_export_add_cmd, "add a FUSE export" }, NULL },
-    { { "block-export-del", block_export_del_cmd, "remove an export" }, id_arg },
-    { { "query-block-exports", query_block_exports, "the exports" }, no_args },
+    { { NULL } },
 };
+
+/* ------------------------------------------------------------ table */
+
+static const QmpCommandDef *const groups[] = {
+    qmp_core_commands, qmp_node_commands, qmp_export_commands,
+    qmp_object_commands, qmp_snapshot_commands, qmp_reopen_commands,
+};
+
+#define FOREACH_COMMAND(d) \
+    for (size_t g_ = 0; g_ < ARRAY_SIZE(groups); g_++) \
+        for (const QmpCommandDef *d = groups[g_]; d->cmd.name; d++)
 
 static json_t *coroutine_fn query_commands(json_t *args, Error **errp)
 {
     json_t *list = json_array();
 
-    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
-        json_array_append_new(list, json_pack("{s:s}", "name", commands[i].cmd.name));
+    FOREACH_COMMAND(d) {
+        json_array_append_new(list, json_pack("{s:s}", "name", d->cmd.name));
     }
     return list;
 }
 
 const QmpCommand *qmp_find_command(const char *name)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
-        if (!strcmp(commands[i].cmd.name, name)) {
-            return &commands[i].cmd;
+    FOREACH_COMMAND(d) {
+        if (!strcmp(d->cmd.name, name)) {
+            return &d->cmd;
         }
     }
     return NULL;
@@ -234,16 +103,28 @@ const QmpCommand *qmp_find_command(const char *name)
 
 static const char *arg_type_name(ArgType t)
 {
-    return t == ARG_STR ? "string" : t == ARG_BOOL ? "boolean" : "any";
+    static const char *const names[] = {
+        [ARG_STR] = "string", [ARG_BOOL] = "boolean", [ARG_INT] = "integer",
+        [ARG_OBJECT] = "object", [ARG_LIST] = "array", [ARG_ANY] = "any",
+    };
+    return names[t];
 }
 
 static bool arg_type_ok(ArgType t, json_t *v)
 {
-    return t == ARG_STR ? json_is_string(v) : t == ARG_BOOL ? json_is_boolean(v) : true;
+    switch (t) {
+    case ARG_STR: return json_is_string(v);
+    case ARG_BOOL: return json_is_boolean(v);
+    case ARG_INT: return json_is_integer(v);
+    case ARG_OBJECT: return json_is_object(v);
+    case ARG_LIST: return json_is_array(v);
+    case ARG_ANY: return true;
+    }
+    return false;
 }
 
 /* Pure: checks args against table, with QEMU's messages. */
-static int check_args(const QmpArg *table, json_t *args, Error **errp)
+int qmp_check_args(const QmpArg *table, json_t *args, Error **errp)
 {
     const char *key;
     json_t *val;
@@ -277,7 +158,7 @@ json_t *coroutine_fn qmp_dispatch(const QmpCommand *cmd, json_t *args, Error **e
     const QmpCommandDef *def = (const QmpCommandDef *)cmd;
 
     GS_CODE();
-    if (def->args && check_args(def->args, args, errp) < 0) {
+    if (def->args && qmp_check_args(def->args, args, errp) < 0) {
         return NULL;
     }
     return cmd->handler(args, errp);
