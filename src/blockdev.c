@@ -75,6 +75,7 @@ void opts_inherit(json_t *child_def, json_t *parent_opts)
 {
     static const char *const inherited[] = {
         "read-only", "auto-read-only", "cache.direct", "cache.no-flush",
+        "discard",
     };
     for (size_t i = 0; i < ARRAY_SIZE(inherited); i++) {
         json_t *pv = opt_lookup(parent_opts, inherited[i]);

@@ -22,6 +22,7 @@ typedef struct NodeState {
     bool monitor_owned;      /* GS: opened by blockdev-add, not nested */
     bool no_flush;           /* cache.no-flush: flush does not reach the driver */
     bool force_share;        /* force-share: share everything on children */
+    bool discard_unmap;      /* discard=unmap: discards and MAY_UNMAP pass on */
     int detect_zeroes;       /* DETECT_ZEROES_*: all-zero writes become zeroes */
     /* io.c: writes in flight on a node with request_alignment > 1, in
      * arrival order, so that read-modify-write cycles are serialised. */

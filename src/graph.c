@@ -568,6 +568,9 @@ static NodeState *node_new(const BlockDriver *drv, json_t *opts, const char *nam
     bs->open_shared = BLK_PERM_ALL;
     ns->no_flush = opt_bool(opts, "cache.no-flush", false);
     ns->force_share = opt_bool(opts, "force-share", false);
+    /* QEMU's default is discard=ignore: a discard does nothing and a
+     * write-zeroes never deallocates */
+    ns->discard_unmap = !strcmp(opt_str(opts, "discard", "ignore"), "unmap");
     const char *dz = opt_str(opts, "detect-zeroes", "off");
     ns->detect_zeroes = !strcmp(dz, "unmap") ? DETECT_ZEROES_UNMAP :
                         !strcmp(dz, "on") ? DETECT_ZEROES_ON : DETECT_ZEROES_OFF;
@@ -605,6 +608,13 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
     const BlockDriver *drv = driver_lookup(opt_str(opts, "driver", NULL));
     char name[128];
     if (choose_node_name(opts, name, sizeof(name), errp) < 0) {
+        json_decref(opts);
+        return NULL;
+    }
+    if (!strcmp(opt_str(opts, "detect-zeroes", "off"), "unmap") &&
+        strcmp(opt_str(opts, "discard", "ignore"), "unmap")) {
+        error_setg(errp, "setting detect-zeroes to unmap is not allowed without "
+                   "setting discard operation to unmap");
         json_decref(opts);
         return NULL;
     }

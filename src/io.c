@@ -596,6 +596,9 @@ int coroutine_fn bdrv_co_pwrite_zeroes(BlockChild *child, int64_t offset,
     if (ret < 0 || bytes == 0) {
         return ret;
     }
+    if (!node_state(bs)->discard_unmap) {
+        flags &= ~BDRV_REQ_MAY_UNMAP;     /* discard=ignore */
+    }
     int64_t align = node_align(bs);
     bool aligned = IS_ALIGNED(offset, align) && IS_ALIGNED(bytes, align);
     if (!aligned && (flags & BDRV_REQ_NO_FALLBACK)) {
@@ -624,6 +627,9 @@ int coroutine_fn bdrv_co_pdiscard(BlockChild *child, int64_t offset, int64_t byt
     int ret = check_write(child, offset, bytes, 0);
     if (ret < 0 || bytes == 0) {
         return ret;
+    }
+    if (!node_state(bs)->discard_unmap) {
+        return 0;                 /* discard=ignore */
     }
     if (!bs->drv->co_pdiscard) {
         return -ENOTSUP;

@@ -122,8 +122,9 @@ static json_t *image_definition(const char *name, const char *filename,
     if (flags & IMG_OPEN_FORCE_SHARE) {
         json_object_set_new(file, "locking", json_string("off"));
     }
-    def = json_pack("{s:s, s:s, s:o, s:b}", "driver", fmt, "node-name", name,
-                    "file", file, "read-only", ro);
+    /* discard=unmap, as qemu-img: zeroed clusters may be deallocated */
+    def = json_pack("{s:s, s:s, s:o, s:b, s:s}", "driver", fmt, "node-name", name,
+                    "file", file, "read-only", ro, "discard", "unmap");
     if ((flags & IMG_OPEN_NO_BACKING) && !strcmp(fmt, "qcow2")) {
         json_object_set_new(def, "backing", json_null());
     }

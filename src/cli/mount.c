@@ -228,11 +228,13 @@ static BlockNode *coroutine_fn open_disk(const MountArgs *a, const char *fmt,
     }
     /* The file node is named so that errors about it (the image lock) say
      * "Node 'file'" rather than an invented name. */
-    def = json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:b}, s:b}",
+    /* discard=unmap: punching a hole in the mounted file frees space, as it
+     * would in a plain file */
+    def = json_pack("{s:s, s:s, s:{s:s, s:s, s:s, s:b}, s:b, s:s}",
                     "driver", fmt, "node-name", "disk",
                     "file", "driver", "file", "node-name", "file",
                     "filename", a->image, "read-only", a->read_only,
-                    "read-only", a->read_only);
+                    "read-only", a->read_only, "discard", "unmap");
     if (blockdev_def_check(def, false, errp) == 0) {
         bs = bdrv_co_open_blockdev(def, errp);
     }
