@@ -156,7 +156,8 @@ static json_t *file_def(const char *path)
 static json_t *raw_def(const char *path, json_t *raw_extra, json_t *file_extra)
 {
     json_t *file = file_def(path);
-    json_t *raw = json_pack("{s:s, s:s}", "driver", "raw", "node-name", "disk");
+    json_t *raw = json_pack("{s:s, s:s, s:s}", "driver", "raw", "node-name", "disk",
+                            "discard", "unmap");
 
     if (file_extra) {
         json_object_update(file, file_extra);

@@ -200,7 +200,7 @@ Test(io, missing_callbacks_are_enotsup)
 {
     global_lock_assert_held();
     BlockNode *n;
-    BlockBackend *blk = backend_on("driver=nothing,node-name=n,size=64k",
+    BlockBackend *blk = backend_on("driver=nothing,node-name=n,size=64k,discard=unmap",
                                    RW | BLK_PERM_RESIZE, &n);
     uint8_t buf[512];
     memset(buf, 1, sizeof(buf));
@@ -449,4 +449,21 @@ Test(io, rmw_from_two_iothreads_loses_nothing)
     cr_assert_eq(atomic_load(&m->in_flight), 0);
     iothread_destroy(t[0]);
     iothread_destroy(t[1]);
+}
+
+/* discard=ignore (QEMU's default): a discard reaches nothing; unmap passes. */
+Test(io, discard_option)
+{
+    global_lock_assert_held();
+    BlockNode *m, *u;
+    MemStats st;
+    BlockBackend *blk = backend_on("driver=mem,node-name=m,size=64k", RW, &m);
+    cr_assert_eq(io(blk, DISCARD, 0, 4096, NULL, 0), 0);
+    mem_stats(m, &st);
+    cr_assert_eq(st.discards, 0, "discard=ignore passed a discard on");
+    BlockBackend *blk2 = backend_on("driver=mem,node-name=u,size=64k,discard=unmap",
+                                    RW, &u);
+    cr_assert_eq(io(blk2, DISCARD, 0, 4096, NULL, 0), 0);
+    mem_stats(u, &st);
+    cr_assert_eq(st.discards, 1);
 }

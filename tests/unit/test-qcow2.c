@@ -114,9 +114,10 @@ static json_t *qcow2_def(const char *name, bool writable, json_t *extra)
 {
     char p[256];
     path_of(p, sizeof(p), name);
-    json_t *d = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b}", "driver", "qcow2",
+    json_t *d = json_pack("{s:s, s:s, s:{s:s, s:s}, s:b, s:s}", "driver", "qcow2",
                           "node-name", "disk", "file", "driver", "file",
-                          "filename", p, "read-only", !writable);
+                          "filename", p, "read-only", !writable,
+                          "discard", "unmap");
     if (extra) {
         json_object_update(d, extra);
         json_decref(extra);
