@@ -48,6 +48,12 @@ typedef struct DaemonConfig {
     /* GS (main loop, global lock), optional: called first thing in the
      * shutdown coroutine (serve closes its QMP socket there). */
     void (*stop)(void *opaque);
+    /* --daemonize: fork; the parent exits once start() has finished (0 when
+     * it succeeded, the child's exit code otherwise); the child runs in its
+     * own session with stdin/stdout/stderr on /dev/null after start-up.
+     * Unlike QEMU it keeps its working directory, so relative paths in
+     * later QMP commands mean what they meant on the command line. */
+    bool daemonize;
 } DaemonConfig;
 
 /* Runs the daemon until it is stopped; returns the process exit code.

@@ -13,11 +13,13 @@
  * an export's "gone") only schedule the shutdown coroutine.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "block-gs.h"
@@ -41,6 +43,7 @@ static struct {
     bool stop_requested;    /* someone asked for a shutdown */
     bool stopping;          /* the shutdown coroutine has been scheduled */
     int exit_code;
+    int ready_fd;           /* --daemonize: tells the parent start() is done */
     int deleting;           /* daemon_co_delete_export() calls in progress */
     CoQueue deleted;        /* shutdown waits here for them */
 } d;
@@ -190,6 +193,59 @@ static void on_signal(void *opaque)
     }
 }
 
+/*
+ * --daemonize, parent side.  Main thread, before any other thread exists.
+ * Returns in the child (0) or on fork failure (-1); the parent exits here:
+ * 0 when the child reports start-up done, else with the child's exit code.
+ */
+static int daemonize_fork(void)
+{
+    int fds[2];
+    pid_t pid;
+    char ok;
+    int status;
+
+    if (pipe2(fds, O_CLOEXEC) < 0 || (pid = fork()) < 0) {
+        error_report("--daemonize: %s", strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        d.ready_fd = fds[1];
+        setsid();
+        return 0;
+    }
+    close(fds[1]);
+    if (read(fds[0], &ok, 1) == 1) {
+        _exit(EXIT_OK);
+    }
+    /* start-up failed: the child printed why and is shutting down */
+    if (waitpid(pid, &status, 0) == pid && WIFEXITED(status)) {
+        _exit(WEXITSTATUS(status));
+    }
+    _exit(EXIT_ERROR);
+}
+
+/* --daemonize, child side (GS): start-up is done; let the parent go and
+ * detach from its terminal. */
+static void daemonize_ready(void) GS
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+    GS_CODE();
+    if (null >= 0) {
+        dup2(null, STDIN_FILENO);
+        dup2(null, STDOUT_FILENO);
+        dup2(null, STDERR_FILENO);
+        close(null);
+    }
+    if (write(d.ready_fd, "1", 1) != 1) {
+        /* the parent is gone: nobody to tell */
+    }
+    close(d.ready_fd);
+    d.ready_fd = -1;
+}
+
 /* Coroutine entry on the main loop (GS): builds the graph and the exports. */
 static void coroutine_fn start_co(void *opaque)
 {
@@ -201,6 +257,8 @@ static void coroutine_fn start_co(void *opaque)
         cli_report_error(err);
         d.exit_code = EXIT_ERROR;
         d.stop_requested = true;
+    } else if (d.ready_fd >= 0) {
+        daemonize_ready();
     }
     d.start_done = true;
     if (d.stop_requested) {
@@ -245,7 +303,11 @@ int daemon_run(const DaemonConfig *config)
     memset(&d, 0, sizeof(d));
     d.config = config;
     d.sigfd = -1;
+    d.ready_fd = -1;
     co_queue_init(&d.deleted);
+    if (config->daemonize && daemonize_fork() < 0) {
+        return EXIT_ERROR;
+    }
 
     threads_init_main();
     global_lock_acquire();

@@ -52,6 +52,7 @@ typedef struct ServeArgs {
     const char *qmp_path;        /* --qmp: the control socket */
     char pidfile_abs[PATH_MAX];
     bool wrote_pidfile;
+    bool daemonize;
 } ServeArgs;
 
 /* What --object qom-type=iothread accepts.  The poll and batch settings of
@@ -87,6 +88,8 @@ static void print_serve_help(void)
            "                   serves; removed at exit\n"
            "  --qmp SOCKET     accept QMP commands on the unix socket SOCKET\n"
            "                   (mode 0600, removed at exit)\n"
+           "  --daemonize      run in the background; return once every export\n"
+           "                   serves (exit 0) or start-up failed (exit 1)\n"
            "  -h, --help       show this help\n");
 }
 
@@ -308,7 +311,7 @@ static bool resolve_pidfile(ServeArgs *s)
 static int parse_serve_args(int argc, char **argv, ServeArgs *s)
 {
     enum { OPT_BLOCKDEV = 256, OPT_EXPORT, OPT_OBJECT, OPT_IOTHREADS, OPT_PIDFILE,
-           OPT_QMP };
+           OPT_QMP, OPT_DAEMONIZE };
     static const struct option longopts[] = {
         { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
         { "export", required_argument, NULL, OPT_EXPORT },
@@ -316,6 +319,7 @@ static int parse_serve_args(int argc, char **argv, ServeArgs *s)
         { "iothreads", required_argument, NULL, OPT_IOTHREADS },
         { "pidfile", required_argument, NULL, OPT_PIDFILE },
         { "qmp", required_argument, NULL, OPT_QMP },
+        { "daemonize", no_argument, NULL, OPT_DAEMONIZE },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -328,6 +332,7 @@ static int parse_serve_args(int argc, char **argv, ServeArgs *s)
         case OPT_EXPORT: append(&s->exports, &s->n_exports, optarg); break;
         case OPT_PIDFILE: s->pidfile = optarg; break;
         case OPT_QMP: s->qmp_path = optarg; break;
+        case OPT_DAEMONIZE: s->daemonize = true; break;
         case OPT_OBJECT:
             if (!add_object(s, optarg)) {
                 return EXIT_ERROR;
@@ -373,6 +378,7 @@ int cmd_serve(int argc, char **argv)
         config.start = serve_start;
         config.stop = serve_stop;
         config.opaque = &s;
+        config.daemonize = s.daemonize;
         ret = daemon_run(&config);
     }
     if (s.wrote_pidfile) {

@@ -3,9 +3,10 @@ definitions, in dotted key=value or JSON, as `mount` does."""
 
 import json
 import os
+import select
 import signal
 
-from common import (MiB, FuseTestCase, is_mounted, pread_all, pwrite_all,
+from common import (MiB, FuseTestCase, force_unmount, is_mounted, pread_all, pwrite_all,
                     random_io_workers, read_file, run_diskstack)
 
 SIZE = 16 * MiB
@@ -145,3 +146,38 @@ class Serve(FuseTestCase):
         msg = self.assertOneLineError(r, 'export of an unknown node')
         self.assertIn('nosuchnode', msg)
         self.assertFalse(is_mounted(mp))
+
+
+class Daemonize(FuseTestCase):
+    """--daemonize returns once the export serves, or with the start-up
+    error's exit code; the background daemon stops cleanly on SIGTERM."""
+
+    def test_returns_when_serving(self):
+        img, mp = self.image(size=SIZE), self.path('export.img')
+        pidfile = self.path('serve.pid')
+        open(mp, 'w').close()
+        r = run_diskstack(['serve', '--daemonize', '--pidfile', pidfile]
+                          + Serve.keyval_args(None, img, mp))
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        # no waiting: the parent returned after the mount was made
+        self.assertTrue(is_mounted(mp), 'not mounted when --daemonize returned')
+        with open(pidfile) as f:
+            pid = int(f.read())
+        pidfd = os.pidfd_open(pid)
+        self.addCleanup(os.close, pidfd)
+        self.addCleanup(force_unmount, mp)
+        with open(mp, 'r+b') as f:
+            pwrite_all(f.fileno(), b'daemon' * 1000, 4096)
+        os.kill(pid, signal.SIGTERM)
+        ready, _, _ = select.select([pidfd], [], [], 30)
+        self.assertTrue(ready, 'daemon did not exit after SIGTERM')
+        self.assertFalse(is_mounted(mp))
+        self.assertFalse(os.path.exists(pidfile), 'pidfile left behind')
+        with open(img, 'rb') as f:
+            self.assertEqual(pread_all(f.fileno(), 6000, 4096), b'daemon' * 1000)
+
+    def test_startup_error_exit_code(self):
+        r = run_diskstack(['serve', '--daemonize', '--blockdev',
+                           'driver=file,node-name=f,filename=%s' % self.path('none')])
+        self.assertOneLineError(r, 'serve --daemonize of a missing file')
+        self.assertEqual(r.returncode, 1)
