@@ -458,6 +458,52 @@ static void close_queues(BlockExport *exp)
     }
 }
 
+/*
+ * BlockBackendOps.resize — GS, main loop: the node's length changed under
+ * the export (block_resize, a reopen onto another file).  getattr reads the
+ * length afresh; the kernel's cached attributes are dropped here so stat()
+ * sees the new size now rather than after ATTR_VALID_SEC.  off = -1: the
+ * attributes only (direct I/O keeps no page cache to drop).
+ */
+static void export_resized(void *opaque)
+{
+    BlockExport *exp = opaque;
+    struct {
+        struct fuse_out_header h;
+        struct fuse_notify_inval_inode_out inval;
+    } msg = {
+        .h = { .len = sizeof(msg), .error = FUSE_NOTIFY_INVAL_INODE },
+        .inval = { .ino = FUSE_ROOT_ID, .off = -1, .len = 0 },
+    };
+
+    global_lock_assert_held();
+    if (exp->nqueues == 0 || atomic_load(&exp->deleting) ||
+        atomic_load(&exp->proto_minor) < 12) {
+        return;
+    }
+    /* ENOENT (nothing cached) and a vanished mount are both fine */
+    if (write(exp->queues[0].fd, &msg, sizeof(msg)) < 0) {
+        return;
+    }
+}
+
+static const BlockBackendOps export_blk_ops = {
+    .resize = export_resized,
+};
+
+/*
+ * What the export lets other users of the node do.  QEMU's exports share
+ * everything; a writable export here keeps the write permission to itself,
+ * so the image lock keeps a second writer (another mount, QEMU, qemu-img)
+ * away while the file is mounted writable.  Resizes are shared
+ * (block_resize reaches the file's size through export_resized()), and a
+ * read-only export shares writes: it shows the disk as it changes.
+ */
+static uint64_t export_shared_perm(const BlockExport *exp)
+{
+    return BLK_PERM_ALL & ~(exp->writable ? BLK_PERM_WRITE : 0);
+}
+
 static uint64_t export_perm(const BlockExport *exp)
 {
     return BLK_PERM_CONSISTENT_READ |
@@ -538,11 +584,11 @@ static BlockExport *coroutine_fn export_create(json_t *opts, json_t *iothread,
         goto fail;
     }
     init_attrs(exp, &st);
-    exp->blk = blk_new(exp->id, export_perm(exp),
-                       BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED);
+    exp->blk = blk_new(exp->id, export_perm(exp), export_shared_perm(exp));
     if (blk_insert_node(exp->blk, bs, errp) < 0) {
         goto fail;
     }
+    blk_set_ops(exp->blk, &export_blk_ops, exp);
     if (mount_export(exp, abs, opt_str(opts, "allow-other", "auto"), errp) < 0) {
         goto fail;
     }
@@ -655,6 +701,32 @@ BlockExport *block_export_next(BlockExport *prev) GS
 const char *block_export_id(const BlockExport *exp)
 {
     return exp->id;
+}
+
+const char *block_export_node_name(BlockExport *exp) GS
+{
+    BlockNode *bs;
+
+    GS_CODE();
+    bs = blk_node(exp->blk);
+    return bs ? bs->node_name : "";
+}
+
+const char *block_export_mountpoint(const BlockExport *exp) GS
+{
+    GS_CODE();
+    return exp->mnt.path;
+}
+
+bool block_export_uses_iothread(const BlockExport *exp, IOThread *t) GS
+{
+    GS_CODE();
+    for (int i = 0; i < exp->nqueues; i++) {
+        if (exp->queues[i].loop == iothread_loop(t)) {
+            return true;
+        }
+    }
+    return false;
 }
 
 void block_export_set_gone_cb(BlockExport *exp,

@@ -28,6 +28,12 @@ void coroutine_fn block_export_del(BlockExport *exp) GS;
 BlockExport *block_export_find(const char *id) GS;
 BlockExport *block_export_next(BlockExport *prev) GS;
 const char *block_export_id(const BlockExport *exp);
+/* The node the export serves now (its backend's root; a snapshot moves it). */
+const char *block_export_node_name(BlockExport *exp) GS;
+/* The absolute path the export is mounted on. */
+const char *block_export_mountpoint(const BlockExport *exp) GS;
+/* True if one of the export's queues runs in IOThread t. */
+bool block_export_uses_iothread(const BlockExport *exp, IOThread *t) GS;
 /* Called (on the main loop) when the mount went away underneath us
  * (fusermount -u, umount) so the owner can clean up and maybe exit. */
 void block_export_set_gone_cb(BlockExport *exp, void (*cb)(BlockExport *, void *),

@@ -112,6 +112,12 @@ static const BlockChildClass backend_child_class = {
 
 /* ---- GS API ---- */
 
+BlockBackend *blk_of_child(BlockChild *c)
+{
+    GS_CODE();
+    return c->klass == &backend_child_class ? c->parent_opaque : NULL;
+}
+
 BlockBackend *blk_new(const char *name, uint64_t perm, uint64_t shared_perm)
 {
     GS_CODE();
@@ -365,7 +371,9 @@ int coroutine_fn blk_co_truncate(BlockBackend *blk, int64_t offset, bool exact,
 /* The root node, for the I/O-or-GS getters below. */
 static BlockNode *blk_root_node(BlockBackend *blk) GRAPH_RDLOCK
 {
-    return blk->root ? blk->root->node : NULL;
+    /* Not inside a request: a graph change may be moving the root edge to
+     * another node right now (see link_parent() in graph.c). */
+    return blk->root ? __atomic_load_n(&blk->root->node, __ATOMIC_ACQUIRE) : NULL;
 }
 
 /* I/O or GS: a request coroutine takes the read side; GS code outside a

@@ -71,6 +71,11 @@ void bdrv_ref(BlockNode *bs) GS;
 void coroutine_fn bdrv_co_unref(BlockNode *bs) GS;
 /* QMP blockdev-del: refuses a node that has parents or is in use. */
 int coroutine_fn bdrv_co_blockdev_del(const char *node_name, Error **errp) GS;
+/* The monitor gives up a node bdrv_co_open_blockdev() opened for it: from
+ * now on the node lives as long as its parents hold it, and blockdev-del
+ * refuses it (QEMU's overlays of blockdev-snapshot-sync).  The caller holds
+ * a reference of its own, so this never closes the node. */
+void bdrv_monitor_release(BlockNode *bs) GS;
 /* Flushes and closes every node (at exit). */
 void coroutine_fn bdrv_co_close_all(void) GS;
 
@@ -131,6 +136,42 @@ int bdrv_set_backing_locked(BlockNode *bs, BlockNode *backing,
                             Error **errp) GRAPH_WRLOCK GS;
 int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
                                      Error **errp) GS;
+/* Undoes a bdrv_append_overlay_locked(overlay, top) of the same section
+ * (a transaction whose later action failed): overlay's parents move back to
+ * top and its backing edge goes.  Cannot fail. */
+void bdrv_remove_overlay_locked(BlockNode *overlay, BlockNode *top)
+    GRAPH_WRLOCK GS;
+
+/*
+ * Reopening nodes with new definitions (reopen.c, QMP blockdev-reopen).
+ *
+ * defs is a JSON array of definitions, each naming an existing node by its
+ * "node-name" and giving its whole new definition (options left out go back
+ * to their defaults; a child given by the name of its current node is kept,
+ * by another node's name is replaced — "file" and "backing" — and "backing":
+ * null detaches it).  All nodes are reopened at once: every change is
+ * checked and prepared first (drivers' reopen_prepare, edges, permissions),
+ * then all are committed, or all are rolled back and the graph is exactly as
+ * before.  Quiesces only the nodes reopened and the children they gain or
+ * lose.  Errors carry QEMU's messages; a definition error names its element
+ * ("Parameter 'options[1].x' is unexpected").
+ */
+typedef struct BlockReopenState BlockReopenState;   /* driver.h */
+int coroutine_fn bdrv_co_reopen_multiple(json_t *defs, Error **errp) GS;
+/* Reopens bs alone with its current definition but read-only (or not), its
+ * children kept (those it created itself follow it), as QEMU's
+ * bdrv_reopen_set_read_only() — e.g. the old top after an external
+ * snapshot.  Quiesces what it changes and takes the graph write lock
+ * itself: the caller must not hold that lock. */
+int coroutine_fn bdrv_co_reopen_set_read_only(BlockNode *bs, bool read_only,
+                                              Error **errp) GS;
+/* For drivers' reopen_prepare: does the new definition change option key
+ * (dotted)?  An option the new definition leaves out is not a change. */
+bool bdrv_reopen_option_changed(const BlockReopenState *rs, const char *key) GS;
+/* For drivers' reopen_prepare: refuses a change of any of keys (NULL-
+ * terminated) with QEMU's "Cannot change the option 'x'". */
+int bdrv_reopen_refuse_changes(const BlockReopenState *rs,
+                               const char *const *keys, Error **errp) GS;
 
 /*
  * Backends.
@@ -150,6 +191,9 @@ BlockNode *blk_node(BlockBackend *blk) GS;
 const char *blk_name(const BlockBackend *blk);
 int blk_set_perm(BlockBackend *blk, uint64_t perm, uint64_t shared, Error **errp) GS;
 void blk_set_ops(BlockBackend *blk, const BlockBackendOps *ops, void *opaque) GS;
+/* The backend that is the parent of edge c, or NULL when its parent is a
+ * node or a job (x-debug-query-block-graph tells them apart). */
+BlockBackend *blk_of_child(BlockChild *c) GS;
 
 /*
  * Driver option helpers for open callbacks: read a typed option from a

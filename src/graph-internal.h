@@ -35,6 +35,13 @@ typedef struct NodeState {
 
 enum { DETECT_ZEROES_OFF, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
 
+/* GS: sets the I/O-path options of a node (cache.no-flush, discard,
+ * detect-zeroes) from its definition; at open and at reopen commit. */
+void node_apply_io_options(NodeState *ns, json_t *opts);
+/* GS: limits inherited from the primary child, then refined by the
+ * driver; at open and after a reopen or edge change. */
+void bdrv_refresh_limits_node(BlockNode *bs) GRAPH_RDLOCK GS;
+
 static inline NodeState *node_state(BlockNode *bs)
 {
     return container_of(bs, NodeState, bs);
@@ -55,10 +62,32 @@ BlockChild *bdrv_root_attach_child(BlockNode *child, const char *name,
  * and the reference it held. */
 void coroutine_fn bdrv_co_detach_child(BlockChild *c) GS;
 
+/*
+ * graph.c, for graph-change.c: edge changes inside a section the caller
+ * holds.  All need the graph write lock, the nodes whose edges change
+ * quiesced, and a reference of the caller's on every node involved; none
+ * refreshes permissions (the caller runs one perm_refresh_nodes() for the
+ * whole change and undoes the edges if it fails).
+ */
+/* Links a new edge parent -> child with the perms perm_for_child() gives;
+ * the edge takes a reference on child. */
+BlockChild *bdrv_link_child_noperm(BlockNode *parent, BlockNode *child,
+                                   const char *name, BdrvChildRole role)
+    GRAPH_WRLOCK GS;
+/* Unlinks and frees c, dropping its reference (never the last one). */
+void bdrv_unlink_child_noperm(BlockChild *c) GRAPH_WRLOCK GS;
+/* Moves every parent edge of from (nodes, backends, jobs) to to; each edge
+ * keeps its perms, follows to's quiesced sections and moves its reference. */
+void bdrv_move_parents_noperm(BlockNode *from, BlockNode *to) GRAPH_WRLOCK GS;
+
 /* perm.c: after the parents of bs changed their perms, recomputes and
  * applies the perms of every edge below bs, calling drivers' set_perm.
  * On failure everything below bs is as it was. */
 int perm_refresh_node(BlockNode *bs, Error **errp) GRAPH_RDLOCK GS;
+/* perm.c: perm_refresh_node() for several nodes in one transaction (a
+ * graph change that touched them all): on failure all are as they were. */
+int perm_refresh_nodes(BlockNode *const *nodes, int n, Error **errp)
+    GRAPH_RDLOCK GS;
 /* perm.c: what a node parent takes and shares on child edge c. */
 void perm_for_child(BlockNode *parent, BlockChild *c,
                     uint64_t *perm, uint64_t *shared) GRAPH_RDLOCK GS;

@@ -237,7 +237,10 @@ static void assert_may_change_edges_of(BlockNode *bs) GRAPH_RDLOCK
 
 static void link_parent(BlockNode *bs, BlockChild *c) GRAPH_WRLOCK
 {
-    c->node = bs;
+    /* Atomic: a backend's I/O-or-GS getters (blk_getlength) read its root
+     * edge's node without entering a request, and moving the parents of a
+     * node (blockdev-snapshot) rewrites that edge under them. */
+    __atomic_store_n(&c->node, bs, __ATOMIC_RELEASE);
     c->next_parent = bs->parents;
     bs->parents = c;
 }
@@ -417,6 +420,69 @@ int bdrv_replace_child_node(BlockChild *c, BlockNode *new_bs, Error **errp)
     return 0;
 }
 
+/* ---- edge changes inside a caller's section (graph-change.c) ----
+ *
+ * The caller holds the graph write lock, has quiesced the nodes whose edges
+ * change, holds a reference on each of them, and refreshes permissions
+ * itself (one perm transaction for the whole change). */
+
+BlockChild *bdrv_link_child_noperm(BlockNode *parent, BlockNode *child,
+                                   const char *name, BdrvChildRole role)
+{
+    GS_CODE();
+    if (!graph_wrlock_held()) {
+        abort();
+    }
+    assert_may_change_edges_of(parent);
+    BlockChild *c = calloc(1, sizeof(*c));
+    if (!c || !(c->name = strdup(name))) {
+        abort();
+    }
+    c->role = role;
+    c->parent_node = parent;
+    link_parent(child, c);
+    link_child(parent, c);
+    perm_for_child(parent, c, &c->perm, &c->shared_perm);
+    sync_parent_quiesce(c, atomic_load(&child->quiesce_counter));
+    child->refcnt++;
+    return c;
+}
+
+void bdrv_unlink_child_noperm(BlockChild *c)
+{
+    GS_CODE();
+    BlockNode *child = c->node;
+    if (!graph_wrlock_held() || child->refcnt < 2) {
+        /* the caller keeps the child alive: it cannot be closed here */
+        abort();
+    }
+    assert_may_change_edges_of(c->parent_node);
+    edge_unlink(c);
+    edge_free(c);
+    child->refcnt--;
+}
+
+void bdrv_move_parents_noperm(BlockNode *from, BlockNode *to)
+{
+    GS_CODE();
+    if (!graph_wrlock_held() || !node_quiesced(from) || !node_quiesced(to)) {
+        fprintf(stderr, "diskstack: moving parents needs the graph write lock "
+                "and both nodes quiesced\n");
+        abort();
+    }
+    BlockChild *c;
+    while ((c = from->parents)) {
+        unlink_parent(from, c);
+        link_parent(to, c);
+        /* both are quiesced, so the parent never leaves its section */
+        sync_parent_quiesce(c, atomic_load(&to->quiesce_counter));
+        to->refcnt++;
+        if (--from->refcnt < 1) {
+            abort();        /* the caller keeps from alive */
+        }
+    }
+}
+
 /* ---- references and closing ---- */
 
 void bdrv_ref(BlockNode *bs)
@@ -463,6 +529,16 @@ void coroutine_fn bdrv_co_unref(BlockNode *bs)
     }
     detach_all_children(bs);
     node_free(bs);
+}
+
+void bdrv_monitor_release(BlockNode *bs)
+{
+    GS_CODE();
+    if (!node_state(bs)->monitor_owned || bs->refcnt < 2) {
+        abort();
+    }
+    node_state(bs)->monitor_owned = false;
+    bs->refcnt--;
 }
 
 int coroutine_fn bdrv_co_blockdev_del(const char *node_name, Error **errp)
@@ -532,21 +608,31 @@ void coroutine_fn bdrv_co_close_all(void)
 
 /* ---- opening ---- */
 
-/* Limits: inherited from the primary child, then refined by the driver. */
-static void refresh_limits(BlockNode *bs) GS
+void bdrv_refresh_limits_node(BlockNode *bs)
 {
-    bdrv_graph_rdlock_main_loop();
+    GS_CODE();
     BlockChild *c = bs->file ? bs->file : bs->children;
     if (c) {
         bs->bl = c->node->bl;
     }
-    bdrv_graph_rdunlock_main_loop();
     if (!bs->bl.request_alignment) {
         bs->bl.request_alignment = 1;
     }
     if (bs->drv->refresh_limits) {
         bs->drv->refresh_limits(bs);
     }
+}
+
+void node_apply_io_options(NodeState *ns, json_t *opts)
+{
+    const char *dz = opt_str(opts, "detect-zeroes", "off");
+
+    ns->no_flush = opt_bool(opts, "cache.no-flush", false);
+    /* QEMU's default is discard=ignore: a discard does nothing and a
+     * write-zeroes never deallocates */
+    ns->discard_unmap = !strcmp(opt_str(opts, "discard", "ignore"), "unmap");
+    ns->detect_zeroes = !strcmp(dz, "unmap") ? DETECT_ZEROES_UNMAP :
+                        !strcmp(dz, "on") ? DETECT_ZEROES_ON : DETECT_ZEROES_OFF;
 }
 
 static NodeState *node_new(const BlockDriver *drv, json_t *opts, const char *name)
@@ -566,14 +652,8 @@ static NodeState *node_new(const BlockDriver *drv, json_t *opts, const char *nam
     bs->bl.request_alignment = 1;
     bs->open_perm = 0;
     bs->open_shared = BLK_PERM_ALL;
-    ns->no_flush = opt_bool(opts, "cache.no-flush", false);
     ns->force_share = opt_bool(opts, "force-share", false);
-    /* QEMU's default is discard=ignore: a discard does nothing and a
-     * write-zeroes never deallocates */
-    ns->discard_unmap = !strcmp(opt_str(opts, "discard", "ignore"), "unmap");
-    const char *dz = opt_str(opts, "detect-zeroes", "off");
-    ns->detect_zeroes = !strcmp(dz, "unmap") ? DETECT_ZEROES_UNMAP :
-                        !strcmp(dz, "on") ? DETECT_ZEROES_ON : DETECT_ZEROES_OFF;
+    node_apply_io_options(ns, opts);
     pthread_mutex_init(&ns->req_lock, NULL);
     co_mutex_init(&ns->truncate_lock);
     return ns;
@@ -632,7 +712,9 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
         node_free(bs);
         return NULL;
     }
-    refresh_limits(bs);
+    bdrv_graph_rdlock_main_loop();
+    bdrv_refresh_limits_node(bs);
+    bdrv_graph_rdunlock_main_loop();
     if (bdrv_refresh_perms(bs, errp) < 0) {
         if (bs->drv->close) {
             bs->drv->close(bs);

@@ -270,8 +270,17 @@ static void tx_free(PermTx *tx)
 int perm_refresh_node(BlockNode *bs, Error **errp)
 {
     GS_CODE();
+    return perm_refresh_nodes(&bs, 1, errp);
+}
+
+int perm_refresh_nodes(BlockNode *const *nodes, int n, Error **errp)
+{
+    GS_CODE();
     PermTx tx = { 0 };
-    int ret = tx_prepare_node(&tx, bs, errp);
+    int ret = 0;
+    for (int i = 0; i < n && ret == 0; i++) {
+        ret = tx_prepare_node(&tx, nodes[i], errp);
+    }
     if (ret == 0) {
         ret = tx_apply(&tx, errp);
     }

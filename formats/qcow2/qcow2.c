@@ -1028,6 +1028,164 @@ static void qcow2_refresh_limits(BlockNode *bs) GS
     bs->bl.pwrite_zeroes_alignment = s->cluster_size;
 }
 
+/* ------------------------------------------------------------------------
+ * Reopen (GS; blockdev-reopen, see src/reopen.c)
+ *
+ * Going read-only writes the metadata caches back (and flushes the file)
+ * while the file is still writable; this driver never sets the dirty bit
+ * itself (no lazy refcounts), so there is no bit to clear.  Going
+ * read-write needs nothing but the node's flag, which the core sets — and,
+ * for an image opened read-only with the dirty bit set, the refcount repair
+ * open would have done.  New cache sizes (options left out: the defaults,
+ * as at open) get new, empty caches: the old ones are written back in
+ * prepare and nothing can dirty them again while the node is quiesced.
+ */
+
+typedef struct Qcow2Reopen {
+    bool to_rw;
+    Qcow2Cache *l2_cache, *rb_cache;   /* new caches, or NULL: keep */
+} Qcow2Reopen;
+
+static void qcow2_reopen_abort(BlockReopenState *rs) GS;
+
+/* GS helper of prepare: new caches if the new options ask for other sizes. */
+static int new_caches(BlockReopenState *rs, Qcow2Reopen *r, bool *resize,
+                      Error **errp) GS
+{
+    GS_CODE();
+    Qcow2State *s = rs->bs->opaque;
+    int l2_n, rb_n;
+
+    cache_sizes(s, rs->options, &l2_n, &rb_n);
+    *resize = MAX(l2_n, 4) != qcow2_cache_entries(s->l2_cache) ||
+              MAX(rb_n, 4) != qcow2_cache_entries(s->rb_cache);
+    if (!*resize) {
+        return 0;
+    }
+    r->l2_cache = qcow2_cache_new(s, l2_n, "L2");
+    r->rb_cache = qcow2_cache_new(s, rb_n, "refcount");
+    if (!r->l2_cache || !r->rb_cache) {
+        qcow2_cache_free(r->l2_cache);
+        qcow2_cache_free(r->rb_cache);
+        error_setg(errp, "qcow2: cannot allocate the metadata caches of '%s'",
+                   rs->bs->filename);
+        return -ENOMEM;
+    }
+    qcow2_cache_set_dependency(r->l2_cache, r->rb_cache);
+    return 0;
+}
+
+static int coroutine_fn flush_for_reopen(BlockNode *bs, Error **errp) GS
+{
+    GS_CODE();
+    Qcow2State *s = bs->opaque;
+    int ret;
+
+    bdrv_graph_rdlock_main_loop();
+    co_mutex_lock(&s->lock);
+    ret = qcow2_flush_metadata(s);
+    co_mutex_unlock(&s->lock);
+    bdrv_graph_rdunlock_main_loop();
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "qcow2: cannot write the metadata of '%s' "
+                         "back", bs->filename);
+    }
+    return ret;
+}
+
+/*
+ * reopen_prepare — lock: GS (a coroutine on the main loop); in flight: none
+ * (quiesced); threads: main only.
+ */
+static int coroutine_fn qcow2_reopen_prepare(BlockReopenState *rs, Error **errp) GS
+{
+    GS_CODE();
+    BlockNode *bs = rs->bs;
+    Qcow2State *s = bs->opaque;
+    bool to_ro = !bs->read_only && rs->read_only;
+    bool resize;
+    Qcow2Reopen *r;
+
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        error_setg(errp, "Out of memory");
+        return -ENOMEM;
+    }
+    r->to_rw = bs->read_only && !rs->read_only;
+    if (r->to_rw && (s->incompat & QCOW2_INCOMPAT_CORRUPT)) {
+        error_setg(errp, "qcow2: image '%s' is marked corrupt (corrupt bit, "
+                   "header offset 72); it can only be opened read-only",
+                   bs->filename);
+        free(r);
+        return -EACCES;
+    }
+    if (new_caches(rs, r, &resize, errp) < 0) {
+        free(r);
+        return -ENOMEM;
+    }
+    rs->opaque = r;
+    /* Nothing dirty may stay behind in the caches of a read-only node, in
+     * caches about to be dropped, or go to another file node than the one
+     * it was read from. */
+    if ((to_ro || resize || bdrv_reopen_option_changed(rs, "file")) &&
+        flush_for_reopen(bs, errp) < 0) {
+        qcow2_reopen_abort(rs);
+        return -EIO;
+    }
+    return 0;
+}
+
+/*
+ * reopen_commit — lock: GS, in the reopen's coroutine on the main loop
+ * (the repair below does I/O); in flight: none (quiesced); threads: main
+ * only.  Cannot fail: a repair that fails refuses writes, as at open.
+ */
+static void qcow2_reopen_commit(BlockReopenState *rs) GS
+{
+    GS_CODE();
+    Qcow2State *s = rs->bs->opaque;
+    Qcow2Reopen *r = rs->opaque;
+
+    if (r->l2_cache) {
+        /* the old caches are clean: written back in prepare */
+        qcow2_cache_free(s->l2_cache);
+        qcow2_cache_free(s->rb_cache);
+        s->l2_cache = r->l2_cache;
+        s->rb_cache = r->rb_cache;
+    }
+    if (r->to_rw && (s->incompat & QCOW2_INCOMPAT_DIRTY) && !s->writes_refused) {
+        Error *local = NULL;
+        bdrv_graph_rdlock_main_loop();
+        if (qcow2_rebuild_refcounts(s, &local) < 0) {
+            warn_report("qcow2: image '%s' is dirty and its refcounts could "
+                        "not be repaired (%s); writes are refused",
+                        rs->bs->filename, local ? error_get_pretty(local) : "error");
+            error_free(local);
+            s->writes_refused = true;
+        }
+        bdrv_graph_rdunlock_main_loop();
+    }
+    free(r);
+    rs->opaque = NULL;
+}
+
+/*
+ * reopen_abort — lock: GS; in flight: none; threads: main only.  A flush
+ * done by prepare stays done (harmless).
+ */
+static void qcow2_reopen_abort(BlockReopenState *rs) GS
+{
+    GS_CODE();
+    Qcow2Reopen *r = rs->opaque;
+
+    if (r) {
+        qcow2_cache_free(r->l2_cache);
+        qcow2_cache_free(r->rb_cache);
+    }
+    free(r);
+    rs->opaque = NULL;
+}
+
 const BlockDriver bdrv_qcow2 = {
     .format_name = "qcow2",
     .instance_size = sizeof(Qcow2State),
@@ -1049,4 +1207,7 @@ const BlockDriver bdrv_qcow2 = {
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_list = qcow2_snapshot_list,
     .change_backing_file = qcow2_change_backing,
+    .reopen_prepare = qcow2_reopen_prepare,
+    .reopen_commit = qcow2_reopen_commit,
+    .reopen_abort = qcow2_reopen_abort,
 };

@@ -94,13 +94,17 @@ static int create_iothreads(const DaemonConfig *c, Error **errp) GS
     return 0;
 }
 
-/* GS: stops and joins the IOThreads, newest first. */
+/* GS: stops and joins every IOThread, newest first: the registry holds
+ * those created at start-up and those QMP object-add created since (and
+ * not those object-del already destroyed, which d.iothreads may still
+ * point to). */
 static void destroy_iothreads(void) GS
 {
     GS_CODE();
-    while (d.n_iothreads > 0) {
-        iothread_destroy(d.iothreads[--d.n_iothreads]);
+    while (iothread_count() > 0) {
+        iothread_destroy(iothread_nth(iothread_count() - 1));
     }
+    d.n_iothreads = 0;
     free(d.iothreads);
     d.iothreads = NULL;
 }

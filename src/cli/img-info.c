@@ -138,8 +138,9 @@ static json_t *qcow2_specific_json(const Qcow2State *s)
     return json_pack("{s:s, s:o}", "type", "qcow2", "data", data);
 }
 
-/* The info object of one image of the chain; `name` as the user sees it. */
-static json_t *image_info(BlockNode *bs, const char *name) GS
+/* The info object of one image of the chain; `name` as the user sees it.
+ * Shared with QMP query-named-block-nodes (img.h). */
+json_t *img_image_info(BlockNode *bs, const char *name) GS
 {
     Qcow2State *s = qcow2_state(bs);
     json_t *o = json_object();
@@ -293,7 +294,7 @@ static int coroutine_fn info_main(void *opaque, Error **errp) GS
     bdrv_graph_rdlock_main_loop();
     for (bs = blk_node(blk); bs && name; ) {
         Qcow2State *s = qcow2_state(bs);
-        json_array_append_new(chain, image_info(bs, name));
+        json_array_append_new(chain, img_image_info(bs, name));
         if (!a->backing_chain || !bs->backing || !s || !s->backing_file) {
             break;
         }

@@ -109,6 +109,13 @@ void img_print_snapshot_table(json_t *snaps);
 /* GS: the internal snapshots of node bs (qcow2; an empty array for other
  * formats) as img info's "snapshots" JSON array (new reference). */
 json_t *img_snapshots_json(BlockNode *bs) GS;
+/* GS: QEMU's ImageInfo of node bs (filename, format, virtual-size,
+ * actual-size, dirty-flag; for qcow2 also cluster-size, backing-filename,
+ * full-backing-filename, backing-filename-format, snapshots,
+ * format-specific) as `img info --output=json` prints it, with `name` as
+ * the filename (relative backing names are resolved against it).  Used by
+ * img info and by QMP query-named-block-nodes.  New reference. */
+json_t *img_image_info(BlockNode *bs, const char *name) GS;
 
 /* Subcommand entry points: argv[0] is the subcommand name. */
 int img_create(int argc, char **argv);

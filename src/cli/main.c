@@ -1,6 +1,6 @@
 /*
  * main.c — the diskstack command: global options and dispatch to the
- * subcommands (mount.c, serve.c).  Usage errors print one line plus a hint
+ * subcommands (mount.c, serve.c, img*.c, and the client verbs of client.c).  Usage errors print one line plus a hint
  * and exit 2; nothing here touches the block layer.
  *
  * Threading: main thread, before any runtime exists (pure argument work).
@@ -14,6 +14,7 @@
 
 #include "cli/cli.h"
 #include "cli/cli-version.h"
+#include "cli/client.h"
 #include "cli/img.h"
 
 typedef struct Command {
@@ -26,11 +27,19 @@ static const Command commands[] = {
     { "mount", cmd_mount, "export an image as a regular file until unmounted" },
     { "serve", cmd_serve, "serve a graph of --blockdev nodes and --export mounts" },
     { "img", cmd_img, "offline image work: create, info, check, map, snapshot, ..." },
+    /* client verbs (client.c): talk QMP to a running serve or mount */
+    { "graph", cmd_graph, "show a running daemon's exports, nodes and jobs as a tree" },
+    { "nodes", cmd_nodes, "list a running daemon's block nodes" },
+    { "exports", cmd_exports, "list a running daemon's exports" },
+    { "snapshot", cmd_snapshot, "snapshot create|delete|list: external and internal" },
+    { "backing", cmd_backing, "backing set NODE BACKING|none: change a backing node" },
+    { "export", cmd_export, "export add|del: add or remove a FUSE export" },
+    { "qmp", cmd_qmp, "send one raw QMP command and print the reply" },
 };
 
 static void print_help(void)
 {
-    printf("Usage: diskstack COMMAND [OPTION]... [ARG]...\n"
+    printf("Usage: diskstack [--socket S] COMMAND [OPTION]... [ARG]...\n"
            "       diskstack --help | --version\n"
            "\n"
            "A virtual disk stack: block driver nodes (file, raw, ...) form a\n"
@@ -38,9 +47,12 @@ static void print_help(void)
            "\n"
            "Commands:\n");
     for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
-        printf("  %-8s %s\n", commands[i].name, commands[i].summary);
+        printf("  %-9s %s\n", commands[i].name, commands[i].summary);
     }
     printf("\n"
+           "Global option:\n"
+           "  --socket S   the QMP socket the client verbs use (as their own --socket)\n"
+           "\n"
            "Run 'diskstack COMMAND --help' for the options of a command;\n"
            "see diskstack(1) for the definition syntaxes and examples.\n");
 }
@@ -133,6 +145,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
+        { "socket", required_argument, NULL, 'S' },
         { NULL, 0, NULL, 0 },
     };
     const Command *cmd;
@@ -148,6 +161,9 @@ int main(int argc, char **argv)
         case 'V':
             print_version();
             return EXIT_OK;
+        case 'S':
+            client_set_socket(optarg);
+            break;
         default:
             cli_bad_option(NULL, argv, optopt, c == ':');
             return EXIT_USAGE;

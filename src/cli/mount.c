@@ -6,6 +6,9 @@
  * node "disk" at FILE
  * (a regular file, created if missing and removed again afterwards), then
  * serves in the foreground until FILE is unmounted or a signal arrives.
+ * A QMP socket (--qmp, default <runtime dir>/mount-<pid>.qmp, printed at
+ * start-up) lets the client verbs steer the mounted image: node "disk",
+ * export "mount".
  *
  * Without -f the format is probed: a read-only `file` node is opened on its
  * own, its first bytes are read through the graph and given to
@@ -40,6 +43,8 @@
 #include "driver.h"   /* before export.h: its option table needs the type */
 #include "fuse/export.h"
 #include "options.h"
+#include "qmp/server.h"
+#include "cli/client.h"
 
 #define PROBE_NODE "probe"      /* the file node that probing opens alone */
 #define MAX_IOTHREADS 1024
@@ -54,6 +59,8 @@ typedef struct MountArgs {
     const char *file;
     char mountpoint[PATH_MAX];   /* FILE made absolute */
     bool created_file;       /* we created FILE, so we remove it */
+    const char *qmp_path;    /* --qmp: the control socket */
+    char *qmp_default;       /* without --qmp: in the runtime dir */
 } MountArgs;
 
 static void print_mount_help(void)
@@ -72,6 +79,9 @@ static void print_mount_help(void)
            "      --allow-other  let other users access FILE (needs root or\n"
            "                     user_allow_other in /etc/fuse.conf)\n"
            "      --growable     writes past the end and truncate grow the image\n"
+           "      --qmp=SOCKET   accept QMP commands on the unix socket SOCKET\n"
+           "                     (node 'disk', export 'mount'); default:\n"
+           "                     <runtime dir>/mount-PID.qmp, see diskstack(1)\n"
            "  -h, --help         show this help\n");
 }
 
@@ -280,6 +290,26 @@ static void print_mounted(const MountArgs *a, BlockNode *bs) GS
             size, a->read_only ? ", read-only" : "", a->file, a->file);
 }
 
+/* GS: the control socket, so the mounted image can be steered with the
+ * client verbs: --qmp, else <runtime dir>/mount-<pid>.qmp. */
+static int start_qmp(MountArgs *a, Error **errp) GS
+{
+    const char *path = a->qmp_path;
+
+    GS_CODE();
+    if (!path && !(path = a->qmp_default = cli_default_qmp_path("mount", errp))) {
+        return -1;
+    }
+    return qmp_server_start(path, errp);
+}
+
+/* DaemonConfig.stop (GS): closes the QMP socket first thing at shutdown. */
+static void mount_stop(void *opaque) GS
+{
+    GS_CODE();
+    qmp_server_stop();
+}
+
 /* DaemonConfig.start (GS, coroutine on the main loop). */
 static int coroutine_fn mount_start(void *opaque, Error **errp) GS
 {
@@ -303,20 +333,27 @@ static int coroutine_fn mount_start(void *opaque, Error **errp) GS
         return -1;
     }
     block_export_set_gone_cb(exp, mount_gone, a);
+    if (start_qmp(a, errp) < 0) {
+        return -1;
+    }
+    /* the mount line first: scripts read it as the sign that it serves */
     print_mounted(a, bs);
+    fprintf(stderr, "diskstack: QMP socket: %s\n",
+            a->qmp_path ? a->qmp_path : a->qmp_default);
     return 0;
 }
 
 /* Parses the options; returns -1 to continue, else the exit code. */
 static int parse_mount_args(int argc, char **argv, MountArgs *a)
 {
-    enum { OPT_IOTHREADS = 256, OPT_ALLOW_OTHER, OPT_GROWABLE };
+    enum { OPT_IOTHREADS = 256, OPT_ALLOW_OTHER, OPT_GROWABLE, OPT_QMP };
     static const struct option longopts[] = {
         { "format", required_argument, NULL, 'f' },
         { "read-only", no_argument, NULL, 'r' },
         { "iothreads", required_argument, NULL, OPT_IOTHREADS },
         { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER },
         { "growable", no_argument, NULL, OPT_GROWABLE },
+        { "qmp", required_argument, NULL, OPT_QMP },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -329,6 +366,7 @@ static int parse_mount_args(int argc, char **argv, MountArgs *a)
         case 'r': a->read_only = true; break;
         case OPT_ALLOW_OTHER: a->allow_other = true; break;
         case OPT_GROWABLE: a->growable = true; break;
+        case OPT_QMP: a->qmp_path = optarg; break;
         case OPT_IOTHREADS:
             if (!cli_parse_count("mount", "--iothreads", optarg,
                                  MAX_IOTHREADS, &a->iothreads)) {
@@ -375,6 +413,7 @@ int cmd_mount(int argc, char **argv)
     }
     config.n_iothreads = a.iothreads;
     config.start = mount_start;
+    config.stop = mount_stop;
     config.opaque = &a;
     ret = daemon_run(&config);
     /* The export is gone (unmounted) by now, so this is our plain file. */
@@ -382,5 +421,6 @@ int cmd_mount(int argc, char **argv)
         fprintf(stderr, "diskstack: cannot remove '%s': %s\n",
                 a.file, strerror(errno));
     }
+    free(a.qmp_default);
     return ret;
 }

@@ -13,6 +13,9 @@
  * --blockdev nodes in command-line order (later ones may name earlier ones
  * as children); then the exports.  Any failure is one line and exit 1.
  *
+ * The QMP socket is --qmp SOCKET, or <runtime dir>/serve-<pid>.qmp (client.h)
+ * when none is given; either way its path is printed once it listens.
+ *
  * IOThreads: --iothreads N creates "iothread0".."iothreadN-1".  Without it,
  * one per CPU — unless --object iothread is given, in which case exactly the
  * named ones exist (as with qemu-storage-daemon).
@@ -31,6 +34,7 @@
 
 #include "block-gs.h"
 #include "cli/cli.h"
+#include "cli/client.h"
 #include "driver.h"   /* before export.h: its option table needs the type */
 #include "fuse/export.h"
 #include "loop/loop.h"
@@ -50,6 +54,7 @@ typedef struct ServeArgs {
     int iothreads;               /* -1: default */
     const char *pidfile;
     const char *qmp_path;        /* --qmp: the control socket */
+    char *qmp_default;           /* without --qmp: in the runtime dir */
     char pidfile_abs[PATH_MAX];
     bool wrote_pidfile;
     bool daemonize;
@@ -87,7 +92,8 @@ static void print_serve_help(void)
            "  --pidfile FILE   write the process id to FILE once every export\n"
            "                   serves; removed at exit\n"
            "  --qmp SOCKET     accept QMP commands on the unix socket SOCKET\n"
-           "                   (mode 0600, removed at exit)\n"
+           "                   (mode 0600, removed at exit; default:\n"
+           "                   <runtime dir>/serve-PID.qmp, see diskstack(1))\n"
            "  --daemonize      run in the background; return once every export\n"
            "                   serves (exit 0) or start-up failed (exit 1)\n"
            "  -h, --help       show this help\n");
@@ -170,6 +176,7 @@ static void free_serve_args(ServeArgs *s)
     free(s->iothread_ids);
     free(s->blockdevs);
     free(s->exports);
+    free(s->qmp_default);
 }
 
 /* GS: one --blockdev: parse, check (coercing key=value strings only), open. */
@@ -223,7 +230,8 @@ static int coroutine_fn add_export(const char *text, Error **errp) GS
     BlockExport *exp = NULL;
 
     GS_CODE();
-    if (def && opts_check(def, fuse_export_options, !defn_is_json(text), errp) == 0) {
+    /* block_export_add checks the definition (iothread may be a list) */
+    if (def) {
         exp = block_export_add(def, errp);
     }
     json_decref(def);
@@ -254,6 +262,23 @@ static int write_pidfile(ServeArgs *s, Error **errp)
     return 0;
 }
 
+/* GS: the control socket: --qmp, else <runtime dir>/serve-<pid>.qmp.  The
+ * default is made here, in the process that serves (--daemonize forked). */
+static int start_qmp(ServeArgs *s, Error **errp) GS
+{
+    const char *path = s->qmp_path;
+
+    GS_CODE();
+    if (!path && !(path = s->qmp_default = cli_default_qmp_path("serve", errp))) {
+        return -1;
+    }
+    if (qmp_server_start(path, errp) < 0) {
+        return -1;
+    }
+    fprintf(stderr, "diskstack: QMP socket: %s\n", path);
+    return 0;
+}
+
 /* DaemonConfig.start (GS, coroutine on the main loop). */
 static int coroutine_fn serve_start(void *opaque, Error **errp) GS
 {
@@ -270,7 +295,7 @@ static int coroutine_fn serve_start(void *opaque, Error **errp) GS
             return -1;
         }
     }
-    if (s->qmp_path && qmp_server_start(s->qmp_path, errp) < 0) {
+    if (start_qmp(s, errp) < 0) {
         return -1;
     }
     if (s->pidfile && write_pidfile(s, errp) < 0) {

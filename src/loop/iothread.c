@@ -10,12 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "loop/loop.h"
 
 struct IOThread {
     char *id;
     Loop *loop;
+    pid_t tid;              /* the thread's id in the kernel (gettid) */
+    IOThreadParams params;  /* GS: QEMU's tuning knobs, reported only */
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -42,6 +45,7 @@ static void *iothread_main(void *opaque)
     /* Binds the loop to this thread before anyone can use it. */
     loop_iterate(loop, false);
     pthread_mutex_lock(&t->lock);
+    t->tid = gettid();
     t->loop = loop;
     t->ready = true;
     pthread_cond_signal(&t->cond);
@@ -95,6 +99,7 @@ IOThread *iothread_create(const char *id)
     if (!t || !(t->id = strdup(id))) {
         iothread_die("out of memory");
     }
+    t->params.poll_max_ns = IOTHREAD_POLL_MAX_NS_DEFAULT;
     pthread_mutex_init(&t->lock, NULL);
     pthread_cond_init(&t->cond, NULL);
     if (pthread_create(&t->thread, NULL, iothread_main, t) != 0) {
@@ -134,6 +139,23 @@ Loop *iothread_loop(IOThread *t)
 const char *iothread_id(const IOThread *t)
 {
     return t->id;
+}
+
+/* Written before iothread_create() returns (under t->lock), constant after. */
+pid_t iothread_thread_id(const IOThread *t)
+{
+    return t->tid;
+}
+
+/* GS (main thread), like the registry. */
+void iothread_get_params(const IOThread *t, IOThreadParams *p)
+{
+    *p = t->params;
+}
+
+void iothread_set_params(IOThread *t, const IOThreadParams *p)
+{
+    t->params = *p;
 }
 
 IOThread *iothread_find(const char *id)

@@ -114,6 +114,23 @@ IOThread *iothread_create(const char *id);   /* starts the thread */
 void iothread_destroy(IOThread *t);          /* stops and joins */
 Loop *iothread_loop(IOThread *t);
 const char *iothread_id(const IOThread *t);
+/* The thread's kernel id (gettid), as QMP query-iothreads' thread-id. */
+pid_t iothread_thread_id(const IOThread *t);
+/*
+ * QEMU's iothread object properties (object-add, query-iothreads).  Kept
+ * and reported so QEMU's scripts work; they change nothing: our loops wait
+ * in io_uring and never busy-poll, and submit every ready request at once.
+ * GS: main thread only.
+ */
+typedef struct IOThreadParams {
+    int64_t poll_max_ns;     /* QEMU's default: IOTHREAD_POLL_MAX_NS_DEFAULT */
+    int64_t poll_grow;
+    int64_t poll_shrink;
+    int64_t aio_max_batch;
+} IOThreadParams;
+#define IOTHREAD_POLL_MAX_NS_DEFAULT 32768
+void iothread_get_params(const IOThread *t, IOThreadParams *p);
+void iothread_set_params(IOThread *t, const IOThreadParams *p);
 /* Registry of the IOThreads created so far (GS: main thread only). */
 IOThread *iothread_find(const char *id);
 int iothread_count(void);

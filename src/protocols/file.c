@@ -474,6 +474,156 @@ static int coroutine_fn file_open(BlockNode *bs, json_t *options, Error **errp) 
 }
 
 /* ------------------------------------------------------------------------
+ * Reopen (GS; blockdev-reopen, see src/reopen.c)
+ *
+ * read-only and cache.direct change the open mode, so prepare opens a new fd
+ * with the new mode (nothing visible changes); permissions are then
+ * refreshed by the core on the old fd (file_set_perm moves its lock bytes);
+ * commit gives the new fd the same lock bytes, then closes the old one, so
+ * the image is never unlocked in between.
+ */
+
+typedef struct FileReopen {
+    int fd;                      /* the new fd, -1: keep the old one */
+    bool direct, no_flush;
+    size_t req_align, buf_align;
+} FileReopen;
+
+/* Opens the image again with the new mode into r (GS helper of prepare).
+ * With auto-read-only, a file that cannot be opened read-write is opened
+ * read-only instead, and rs->read_only says so. */
+static int reopen_fd(BlockReopenState *rs, FileReopen *r, Error **errp) GS
+{
+    GS_CODE();
+    FileState *s = rs->bs->opaque;
+    FileState tmp;
+    struct stat st;
+    Error *err = NULL;
+    int ret;
+
+    memcpy(&tmp, s, sizeof(tmp));
+    tmp.direct = r->direct;
+    ret = open_image_fd(&tmp, rs->bs->filename, rs->read_only, &st, &err);
+    if ((ret == -EACCES || ret == -EROFS || ret == -EPERM) && !rs->read_only &&
+        opt_bool(rs->options, "auto-read-only", false)) {
+        error_free(err);
+        err = NULL;
+        rs->read_only = true;
+        ret = open_image_fd(&tmp, rs->bs->filename, true, &st, &err);
+    }
+    if (ret == 0 && r->direct) {
+        ret = probe_direct_alignment(&tmp, &err);
+    }
+    if (ret < 0) {
+        if (tmp.fd >= 0) {
+            close(tmp.fd);
+        }
+        error_propagate(errp, err);
+        return ret;
+    }
+    r->fd = tmp.fd;
+    r->req_align = tmp.req_align;
+    r->buf_align = tmp.buf_align;
+    return 0;
+}
+
+/*
+ * reopen_prepare — lock: GS; in flight: none (quiesced); threads: main only.
+ * filename, locking and aio are fixed; read-only and cache.direct open a new
+ * fd; cache.no-flush is a flag.
+ */
+static int coroutine_fn file_reopen_prepare(BlockReopenState *rs, Error **errp) GS
+{
+    GS_CODE();
+    static const char *const fixed[] = { "filename", "locking", "aio", NULL };
+    FileState *s = rs->bs->opaque;
+    FileReopen *r;
+    int ret;
+
+    if (bdrv_reopen_refuse_changes(rs, fixed, errp) < 0) {
+        return -EINVAL;
+    }
+    r = calloc(1, sizeof(*r));
+    if (!r) {
+        error_setg(errp, "Out of memory");
+        return -ENOMEM;
+    }
+    r->fd = -1;
+    r->direct = opt_bool(rs->options, "cache.direct", false);
+    r->no_flush = opt_bool(rs->options, "cache.no-flush", false);
+    r->req_align = s->req_align;
+    r->buf_align = s->buf_align;
+    if (r->direct != s->direct || rs->read_only != rs->bs->read_only) {
+        ret = reopen_fd(rs, r, errp);
+        if (ret < 0) {
+            free(r);
+            return ret;
+        }
+    }
+    rs->opaque = r;
+    return 0;
+}
+
+/* Gives fd the lock bytes s->fd holds (shared locks of our own: they do not
+ * conflict with the old fd's, and the conflicts with other users were
+ * checked when the old fd took them). */
+static void copy_lock_bytes(FileState *s, int fd) GS
+{
+    GS_CODE();
+    for (int i = 0; i < NUM_PERMS; i++) {
+        if (((s->locked_perm >> i) & 1) &&
+            lock_byte(fd, LOCK_PERM_BASE + i, true) < 0) {
+            warn_report("Failed to lock byte %d", LOCK_PERM_BASE + i);
+        }
+        if (((s->locked_unshared >> i) & 1) &&
+            lock_byte(fd, LOCK_SHARED_BASE + i, true) < 0) {
+            warn_report("Failed to lock byte %d", LOCK_SHARED_BASE + i);
+        }
+    }
+}
+
+/*
+ * reopen_commit — lock: GS; in flight: none (quiesced); threads: main only.
+ * Swaps in the new fd (closing the old one releases its locks).
+ */
+static void file_reopen_commit(BlockReopenState *rs) GS
+{
+    GS_CODE();
+    FileState *s = rs->bs->opaque;
+    FileReopen *r = rs->opaque;
+
+    if (r->fd >= 0) {
+        int old = s->fd;
+        if (s->use_lock) {
+            copy_lock_bytes(s, r->fd);
+        }
+        s->fd = r->fd;
+        s->direct = r->direct;
+        s->req_align = r->req_align;
+        s->buf_align = r->buf_align;
+        close(old);
+    }
+    s->no_flush = r->no_flush;
+    free(r);
+    rs->opaque = NULL;
+}
+
+/*
+ * reopen_abort — lock: GS; in flight: none; threads: main only.
+ */
+static void file_reopen_abort(BlockReopenState *rs) GS
+{
+    GS_CODE();
+    FileReopen *r = rs->opaque;
+
+    if (r && r->fd >= 0) {
+        close(r->fd);
+    }
+    free(r);
+    rs->opaque = NULL;
+}
+
+/* ------------------------------------------------------------------------
  * I/O (thread-safe: only the fd and the atomics are shared)
  */
 
@@ -917,6 +1067,9 @@ const BlockDriver bdrv_file = {
     .close = file_close,
     .set_perm = file_set_perm,
     .refresh_limits = file_refresh_limits,
+    .reopen_prepare = file_reopen_prepare,
+    .reopen_commit = file_reopen_commit,
+    .reopen_abort = file_reopen_abort,
 
     .co_preadv = file_co_preadv,
     .co_pwritev = file_co_pwritev,

@@ -8,14 +8,40 @@
  * throttled by its own socket buffer.  Other clients and the rest of the main
  * loop carry on: a slow command only blocks its own client.
  *
+ * Input framing follows QEMU's streaming JSON parser, not lines: a request
+ * may arrive split over several reads, several may arrive in one read, and
+ * newlines between them are optional.  The framer only tracks strings and
+ * bracket depth to find where a value ends; jansson parses the value.  Bad
+ * input costs its sender at most one error reply per line (later errors on
+ * the same line are not answered; valid requests on it still run).  A value
+ * larger than QMP_MAX_MESSAGE or nested deeper than QMP_MAX_DEPTH is
+ * answered once and the input is then dropped up to the next newline, so a
+ * 10 MiB garbage line is one error and the client stays usable.
+ * (qemu-storage-daemon answers such input with one error per bad token:
+ * thousands of replies.)  The error texts are QEMU's where QEMU has one.
+ *
+ * Output never blocks the main loop: replies and events are queued in the
+ * client's output buffer and sent with non-blocking sends; what the socket
+ * does not take is sent by a writer coroutine waiting for POLLOUT.  A client
+ * whose undelivered backlog exceeds QMP_MAX_BACKLOG (it does not read its
+ * events) is dropped with a warning on stderr.
+ *
  * Lifetime: a client is freed when it has disconnected (or the server stops)
- * and no command of its is running; the command coroutine holds a reference.
+ * and neither a command nor the writer of its is running; each holds a
+ * reference.  Errors while sending never free a client on the spot: the
+ * socket is shut down and the reader then closes it through the usual path.
+ *
+ * Sessions (qmp_session_new) are clients without a socket, for tests and the
+ * fuzzer: same framing, parsing, envelope and argument checks.
  *
  * Threading: everything is GS (main thread, global lock, main loop); fd
- * handlers and bottom halves run on the main loop with the lock held.
+ * handlers, bottom halves and the coroutines run on the main loop with the
+ * lock held.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,23 +52,53 @@
 #include <unistd.h>
 
 #include "loop/loop.h"
+#include "qmp/commands.h"
 #include "qmp/server.h"
 
-#define QMP_MAX_LINE (1024 * 1024)   /* bytes in one request line */
-#define QMP_MAX_DEPTH 64             /* nesting of arrays and objects */
+#define QMP_MAX_MESSAGE (1024 * 1024)          /* bytes in one request */
+#define QMP_MAX_DEPTH 1024                     /* as QEMU's parser */
+#define QMP_MAX_BACKLOG (16 * 1024 * 1024)     /* undelivered output */
 #define QMP_READ_CHUNK 65536
 
-typedef struct QmpClient {
-    int fd;
-    char *buf;              /* received bytes not yet processed */
-    size_t len, cap;
-    bool discarding;        /* dropping the rest of an over-long line */
+/* Where the framer is between two bytes. */
+typedef enum FrameState {
+    FRAME_TOP,       /* between values: whitespace is skipped */
+    FRAME_VALUE,     /* inside an object, array or top-level string */
+    FRAME_SCALAR,    /* a bare token at top level (42, true, garbage) */
+    FRAME_DISCARD,   /* dropping input up to the next newline */
+} FrameState;
+
+/* Received bytes: buf[start..len) is not consumed yet, buf[start..scan)
+ * has been looked at by the framer. */
+typedef struct QmpInput {
+    char *buf;
+    size_t start, scan, len, cap;
+    FrameState state;
+    int depth;
+    bool in_str, esc;
+    bool line_answered;     /* this line already got its one input error */
+} QmpInput;
+
+/* Bytes not yet sent: buf[off..len). */
+typedef struct QmpOutput {
+    char *buf;
+    size_t off, len, cap;
+} QmpOutput;
+
+struct QmpClient {
+    int fd;                 /* -1: a session without a socket */
+    QmpInput in;
+    QmpOutput out;
     bool negotiated;
     bool busy;              /* a command is running: the fd is not watched */
+    bool writing;           /* the writer coroutine is waiting for POLLOUT */
+    bool eof;               /* the peer will send nothing more */
+    bool dropped;           /* output failed or overflowed: no more replies */
     bool closed;            /* disconnected or server stopping */
+    bool (*may_run)(const char *name);   /* sessions: NULL runs everything */
     int refcnt;
     struct QmpClient *next;
-} QmpClient;
+};
 
 static struct {
     int listen_fd;
@@ -51,18 +107,281 @@ static struct {
 } qs = { .listen_fd = -1 };
 
 static void client_on_readable(void *opaque);
+static void client_maybe_finish(QmpClient *c) GS;
+
+/* ------------------------------------------------------------ framing */
+
+typedef enum FrameResult {
+    FRAME_NEED_MORE,
+    FRAME_MESSAGE,   /* *msg, *len: one complete value */
+    FRAME_ERROR,     /* *err: a framing error to report */
+} FrameResult;
+
+static bool is_json_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+static bool ends_scalar(char ch)
+{
+    return is_json_space(ch) || strchr("{}[]\",:", ch) != NULL;
+}
+
+/* Pure: from FRAME_TOP, what byte ch at in->scan starts. */
+static FrameResult frame_top(QmpInput *in, char ch, const char **err)
+{
+    if (is_json_space(ch)) {
+        in->start = ++in->scan;
+        if (ch == '\n') {
+            in->line_answered = false;
+        }
+        return FRAME_NEED_MORE;
+    }
+    in->start = in->scan++;
+    in->depth = 0;
+    in->in_str = in->esc = false;
+    if (ch == '{' || ch == '[') {
+        in->state = FRAME_VALUE;
+        in->depth = 1;
+    } else if (ch == '"') {
+        in->state = FRAME_VALUE;
+        in->in_str = true;
+    } else if (ch == '}' || ch == ']') {
+        in->start = in->scan;
+        *err = "JSON parse error, expecting value";
+        return FRAME_ERROR;
+    } else {
+        in->state = FRAME_SCALAR;
+    }
+    return FRAME_NEED_MORE;
+}
+
+/* Pure: byte ch at in->scan inside a value; FRAME_MESSAGE when it ends it. */
+static FrameResult frame_value(QmpInput *in, char ch, const char **err)
+{
+    in->scan++;
+    if (in->in_str) {
+        if (in->esc) {
+            in->esc = false;
+        } else if (ch == '\\') {
+            in->esc = true;
+        } else if (ch == '"') {
+            in->in_str = false;
+            return in->depth == 0 ? FRAME_MESSAGE : FRAME_NEED_MORE;
+        }
+        return FRAME_NEED_MORE;
+    }
+    if (ch == '"') {
+        in->in_str = true;
+    } else if (ch == '{' || ch == '[') {
+        if (++in->depth > QMP_MAX_DEPTH) {
+            *err = "JSON nesting depth limit exceeded; input dropped up to "
+                   "the next newline";
+            return FRAME_ERROR;
+        }
+    } else if (ch == '}' || ch == ']') {
+        if (--in->depth == 0) {
+            return FRAME_MESSAGE;
+        }
+    }
+    return FRAME_NEED_MORE;
+}
+
+/*
+ * Pure: scans the unscanned input for the next complete value or framing
+ * error.  On FRAME_MESSAGE, buf[*msg_start .. *msg_start + *msg_len) is the
+ * value and it counts as consumed.
+ */
+static FrameResult frame_next(QmpInput *in, size_t *msg_start, size_t *msg_len,
+                              const char **err)
+{
+    while (in->scan < in->len) {
+        char ch = in->buf[in->scan];
+        FrameResult r = FRAME_NEED_MORE;
+
+        switch (in->state) {
+        case FRAME_DISCARD: {
+            char *nl = memchr(in->buf + in->scan, '\n', in->len - in->scan);
+            in->scan = nl ? (size_t)(nl - in->buf) + 1 : in->len;
+            in->start = in->scan;
+            if (nl) {
+                in->state = FRAME_TOP;
+                in->line_answered = false;
+            }
+            continue;
+        }
+        case FRAME_TOP:
+            r = frame_top(in, ch, err);
+            break;
+        case FRAME_VALUE:
+            r = frame_value(in, ch, err);
+            break;
+        case FRAME_SCALAR:
+            if (ends_scalar(ch)) {
+                /* the delimiter is not part of the token */
+                r = FRAME_MESSAGE;
+            } else {
+                in->scan++;
+            }
+            break;
+        }
+        if (r == FRAME_NEED_MORE && in->state != FRAME_TOP &&
+            in->scan - in->start > QMP_MAX_MESSAGE) {
+            *err = "JSON parse error, request larger than 1 MiB; input "
+                   "dropped up to the next newline";
+            r = FRAME_ERROR;
+        }
+        if (r == FRAME_MESSAGE) {
+            *msg_start = in->start;
+            *msg_len = in->scan - in->start;
+            in->start = in->scan;
+            in->state = FRAME_TOP;
+            return r;
+        }
+        if (r == FRAME_ERROR) {
+            /* an error inside a value drops the rest of its line */
+            in->state = in->state == FRAME_TOP ? FRAME_TOP : FRAME_DISCARD;
+            in->start = in->scan;
+            return r;
+        }
+    }
+    return FRAME_NEED_MORE;
+}
+
+/* Pure: drops the consumed bytes so the buffer holds only what is left. */
+static void input_compact(QmpInput *in)
+{
+    if (in->start == 0) {
+        return;
+    }
+    memmove(in->buf, in->buf + in->start, in->len - in->start);
+    in->len -= in->start;
+    in->scan -= in->start;
+    in->start = 0;
+}
+
+/* Pure: room for at least `more` bytes at the end of the buffer. */
+static void input_reserve(QmpInput *in, size_t more)
+{
+    if (in->cap - in->len >= more) {
+        return;
+    }
+    in->cap = in->len + more + QMP_READ_CHUNK;
+    in->buf = realloc(in->buf, in->cap);
+    if (!in->buf) {
+        fprintf(stderr, "diskstack: qmp: out of memory\n");
+        abort();
+    }
+}
 
 /* ------------------------------------------------------------ sending */
 
-/* GS: writes one JSON value and a newline.  A client that went away is
- * noticed by the reader; errors here are ignored. */
+/* GS: the client gets nothing more; the reader sees EOF and closes it. */
+static void client_drop_output(QmpClient *c) GS
+{
+    GS_CODE();
+    c->dropped = true;
+    c->out.off = c->out.len = 0;
+    if (c->fd >= 0) {
+        /* wakes a writer waiting for POLLOUT and the reader alike */
+        shutdown(c->fd, SHUT_RDWR);
+    }
+}
+
+/* GS: sends what the socket takes now, without blocking.  Returns true
+ * when the buffer is empty. */
+static bool client_flush(QmpClient *c) GS
+{
+    QmpOutput *o = &c->out;
+
+    GS_CODE();
+    while (o->off < o->len) {
+        ssize_t n = send(c->fd, o->buf + o->off, o->len - o->off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return false;
+        }
+        if (n <= 0) {
+            client_drop_output(c);   /* the peer is gone */
+            return true;
+        }
+        o->off += n;
+    }
+    o->off = o->len = 0;
+    return true;
+}
+
+static void client_unref(QmpClient *c) GS;
+
+/* Coroutine on the main loop (GS): sends the backlog as the socket drains. */
+static void coroutine_fn writer_co(void *opaque)
+{
+    QmpClient *c = opaque;
+
+    global_lock_assert_held();
+    GS_CODE();
+    while (!c->closed && !c->dropped && !client_flush(c)) {
+        if (co_poll_fd(c->fd, POLLOUT) < 0) {
+            client_drop_output(c);
+        }
+    }
+    c->writing = false;
+    client_maybe_finish(c);
+    client_unref(c);
+}
+
+/* GS: queues bytes for the client and sends what can go now. */
+static void client_queue(QmpClient *c, const char *data, size_t len) GS
+{
+    QmpOutput *o = &c->out;
+
+    GS_CODE();
+    if (c->closed || c->dropped) {
+        return;
+    }
+    if (o->len - o->off + len > QMP_MAX_BACKLOG) {
+        fprintf(stderr, "diskstack: qmp: dropping a client that does not read "
+                "its replies and events (more than %d MiB undelivered)\n",
+                QMP_MAX_BACKLOG >> 20);
+        client_drop_output(c);
+        return;
+    }
+    if (o->cap - o->len < len) {
+        if (o->off) {   /* reuse the space already sent */
+            memmove(o->buf, o->buf + o->off, o->len - o->off);
+            o->len -= o->off;
+            o->off = 0;
+        }
+        if (o->cap - o->len < len) {
+            o->cap = (o->len + len) * 2;
+            o->buf = realloc(o->buf, o->cap);
+            if (!o->buf) {
+                fprintf(stderr, "diskstack: qmp: out of memory\n");
+                abort();
+            }
+        }
+    }
+    memcpy(o->buf + o->len, data, len);
+    o->len += len;
+    if (c->fd < 0 || c->writing || client_flush(c)) {
+        return;
+    }
+    c->writing = true;
+    c->refcnt++;
+    co_spawn(writer_co, c);
+}
+
+/* GS: queues one JSON value and a newline. */
 static void client_send(QmpClient *c, json_t *msg) GS
 {
     char *text;
-    size_t len, off = 0;
+    size_t len;
 
     GS_CODE();
-    if (c->closed) {
+    if (c->closed || c->dropped) {
         return;
     }
     text = json_dumps(msg, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -71,20 +390,7 @@ static void client_send(QmpClient *c, json_t *msg) GS
     }
     len = strlen(text);
     text[len++] = '\n';   /* overwrites the NUL: json_dumps' buffer is ours */
-    while (off < len) {
-        ssize_t n = send(c->fd, text + off, len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            /* The socket is blocking for writes; this is only a guard. */
-            continue;
-        }
-        if (n <= 0) {
-            break;
-        }
-        off += n;
-    }
+    client_queue(c, text, len);
     free(text);
 }
 
@@ -109,6 +415,31 @@ static void send_error(QmpClient *c, const char *cls, const char *desc,
     json_decref(r);
 }
 
+/* GS: {"return": ret} plus the id; steals ret. */
+static void send_return(QmpClient *c, json_t *ret, json_t *id) GS
+{
+    json_t *reply = json_pack("{s:o}", "return", ret);
+
+    GS_CODE();
+    if (id) {
+        json_object_set(reply, "id", id);
+    }
+    client_send(c, reply);
+    json_decref(reply);
+}
+
+/* GS: an error about the input itself (no request, so no id).  One per
+ * line: the rest of a garbage line is parsed on, silently, so 10 MiB of
+ * garbage costs one reply, not a storm of them. */
+static void input_error(QmpClient *c, const char *desc) GS
+{
+    GS_CODE();
+    if (!c->in.line_answered) {
+        c->in.line_answered = true;
+        send_error(c, NULL, desc, NULL);
+    }
+}
+
 void qmp_emit_event(const char *name, json_t *data)
 {
     struct timeval tv;
@@ -120,6 +451,7 @@ void qmp_emit_event(const char *name, json_t *data)
                    "data", data ? data : json_object(),
                    "timestamp", "seconds", (json_int_t)tv.tv_sec,
                    "microseconds", (json_int_t)tv.tv_usec);
+    /* client_send() never frees a client, so the walk is safe */
     for (QmpClient *c = qs.clients; c; c = c->next) {
         if (c->negotiated) {
             client_send(c, ev);
@@ -148,8 +480,11 @@ static void client_unref(QmpClient *c) GS
         return;
     }
     client_unlink(c);
-    close(c->fd);
-    free(c->buf);
+    if (c->fd >= 0) {
+        close(c->fd);
+    }
+    free(c->in.buf);
+    free(c->out.buf);
     free(c);
 }
 
@@ -162,41 +497,28 @@ static void client_close(QmpClient *c) GS
         return;
     }
     c->closed = true;
-    if (!c->busy) {
-        loop_remove_fd_handler(loop_main(), c->fd);
+    if (c->fd >= 0) {
+        if (!c->busy && !c->eof) {
+            loop_remove_fd_handler(loop_main(), c->fd);
+        }
+        if (c->writing) {
+            shutdown(c->fd, SHUT_RDWR);   /* ends the writer's wait */
+        }
     }
     client_unref(c);
 }
 
-/* ------------------------------------------------------------ requests */
-
-/* Pure: true if text nests arrays/objects deeper than QMP_MAX_DEPTH (strings
- * are skipped, so brackets inside them do not count). */
-static bool too_deep(const char *text, size_t len)
+/* GS: a client that sent EOF is closed once its last command has run and
+ * its replies are out (so `cmd | socat - UNIX-CONNECT:sock` gets them). */
+static void client_maybe_finish(QmpClient *c) GS
 {
-    int depth = 0;
-    bool in_str = false;
-
-    for (size_t i = 0; i < len; i++) {
-        char ch = text[i];
-        if (in_str) {
-            if (ch == '\\') {
-                i++;
-            } else if (ch == '"') {
-                in_str = false;
-            }
-        } else if (ch == '"') {
-            in_str = true;
-        } else if (ch == '[' || ch == '{') {
-            if (++depth > QMP_MAX_DEPTH) {
-                return true;
-            }
-        } else if (ch == ']' || ch == '}') {
-            depth--;
-        }
+    GS_CODE();
+    if (c->eof && !c->busy && !c->writing && !c->closed && c->fd >= 0) {
+        client_close(c);
     }
-    return false;
 }
+
+/* ------------------------------------------------------------ requests */
 
 typedef struct QmpRequest {
     QmpClient *client;
@@ -207,7 +529,9 @@ typedef struct QmpRequest {
 
 static void client_resume_bh(void *opaque);
 
-/* Coroutine entry on the main loop (GS): runs one command and replies. */
+/* Coroutine entry on the main loop (GS): runs one command and replies.  A
+ * client that left meanwhile still has its command completed; the reply is
+ * dropped. */
 static void coroutine_fn command_co(void *opaque)
 {
     QmpRequest *req = opaque;
@@ -219,12 +543,7 @@ static void coroutine_fn command_co(void *opaque)
     GS_CODE();
     ret = qmp_dispatch(req->cmd, req->args, &err);
     if (ret) {
-        json_t *reply = json_pack("{s:o}", "return", ret);
-        if (req->id) {
-            json_object_set(reply, "id", req->id);
-        }
-        client_send(c, reply);
-        json_decref(reply);
+        send_return(c, ret, req->id);
         if (!strcmp(req->cmd->name, "qmp_capabilities")) {
             c->negotiated = true;
         }
@@ -240,57 +559,106 @@ static void coroutine_fn command_co(void *opaque)
     loop_schedule(loop_main(), client_resume_bh, c);
 }
 
+/* GS: a session command its owner does not let run: only the arguments are
+ * checked (the fuzzer exercises validation without side effects). */
+static void validate_only(QmpClient *c, const QmpCommand *cmd, json_t *args,
+                          json_t *id) GS
+{
+    const QmpCommandDef *def = (const QmpCommandDef *)cmd;
+    Error *err = NULL;
+
+    GS_CODE();
+    if (def->args && qmp_check_args(def->args, args, &err) < 0) {
+        send_error(c, err->cls, error_get_pretty(err), id);
+        error_free(err);
+        return;
+    }
+    send_return(c, json_object(), id);
+}
+
+/* Pure: the envelope's problem as QEMU words it, or NULL when it is fine. */
+static const char *envelope_error(json_t *msg, char *buf, size_t len)
+{
+    json_t *exec = json_object_get(msg, "execute");
+    json_t *args = json_object_get(msg, "arguments");
+    const char *key;
+    json_t *val;
+
+    json_object_foreach(msg, key, val) {
+        if (strcmp(key, "execute") && strcmp(key, "arguments") && strcmp(key, "id")) {
+            snprintf(buf, len, "QMP input member '%.100s' is unexpected", key);
+            return buf;
+        }
+    }
+    if (!exec) {
+        return "QMP input lacks member 'execute'";
+    }
+    if (!json_is_string(exec)) {
+        return "QMP input member 'execute' must be a string";
+    }
+    if (args && !json_is_object(args)) {
+        return "QMP input member 'arguments' must be an object";
+    }
+    return NULL;
+}
+
+/* GS: the command named in a valid envelope, or NULL after replying with
+ * the error QEMU gives (unknown command, negotiation state). */
+static const QmpCommand *lookup_command(QmpClient *c, const char *name,
+                                        json_t *id) GS
+{
+    const QmpCommand *cmd = qmp_find_command(name);
+    bool is_caps = cmd && !strcmp(cmd->name, "qmp_capabilities");
+    char desc[200];
+
+    GS_CODE();
+    if (!c->negotiated && !is_caps) {
+        send_error(c, "CommandNotFound",
+                   "Expecting capabilities negotiation with 'qmp_capabilities'", id);
+        return NULL;
+    }
+    if (!cmd) {
+        snprintf(desc, sizeof(desc), "The command %.150s has not been found", name);
+        send_error(c, "CommandNotFound", desc, id);
+        return NULL;
+    }
+    if (c->negotiated && is_caps) {
+        send_error(c, "CommandNotFound",
+                   "Capabilities negotiation is already complete, command ignored", id);
+        return NULL;
+    }
+    return cmd;
+}
+
 /* GS: checks the request's envelope; on success starts its command (the
  * client becomes busy) and returns true. */
 static bool handle_request(QmpClient *c, json_t *msg) GS
 {
     json_t *id = json_object_get(msg, "id");
-    json_t *exec, *args;
-    const char *key, *name;
+    json_t *args = json_object_get(msg, "arguments");
     const QmpCommand *cmd;
+    const char *problem;
     QmpRequest *req;
-    json_t *val;
+    char buf[160];
 
     GS_CODE();
     if (!json_is_object(msg)) {
-        send_error(c, NULL, "QMP input must be a JSON object", NULL);
+        input_error(c, "QMP input must be a JSON object");
         return false;
     }
-    json_object_foreach(msg, key, val) {
-        if (strcmp(key, "execute") && strcmp(key, "arguments") && strcmp(key, "id")) {
-            char desc[160];
-            snprintf(desc, sizeof(desc), "QMP input member '%.100s' is unexpected", key);
-            send_error(c, NULL, desc, id);
-            return false;
-        }
-    }
-    exec = json_object_get(msg, "execute");
-    args = json_object_get(msg, "arguments");
-    if (!json_is_string(exec)) {
-        send_error(c, NULL, exec ? "QMP input member 'execute' must be a string"
-                               : "QMP input lacks member 'execute'", id);
+    problem = envelope_error(msg, buf, sizeof(buf));
+    if (problem) {
+        send_error(c, NULL, problem, id);
         return false;
     }
-    if (args && !json_is_object(args)) {
-        send_error(c, NULL, "QMP input member 'arguments' must be an object", id);
-        return false;
-    }
-    name = json_string_value(exec);
-    cmd = qmp_find_command(name);
-    if (!c->negotiated && (!cmd || strcmp(cmd->name, "qmp_capabilities"))) {
-        send_error(c, "CommandNotFound",
-                   "Expecting capabilities negotiation with 'qmp_capabilities'", id);
-        return false;
-    }
+    cmd = lookup_command(c, json_string_value(json_object_get(msg, "execute")), id);
     if (!cmd) {
-        char desc[200];
-        snprintf(desc, sizeof(desc), "The command %.150s has not been found", name);
-        send_error(c, "CommandNotFound", desc, id);
         return false;
     }
-    if (c->negotiated && !strcmp(cmd->name, "qmp_capabilities")) {
-        send_error(c, "CommandNotFound",
-                   "Capabilities negotiation is already complete, command ignored", id);
+    if (c->may_run && !c->may_run(cmd->name)) {
+        json_t *checked = args ? json_incref(args) : json_object();
+        validate_only(c, cmd, checked, id);
+        json_decref(checked);
         return false;
     }
     req = calloc(1, sizeof(*req));
@@ -300,36 +668,41 @@ static bool handle_request(QmpClient *c, json_t *msg) GS
     req->id = json_incref(id);
     c->busy = true;
     c->refcnt++;
-    loop_remove_fd_handler(loop_main(), c->fd);
+    if (c->fd >= 0 && !c->eof) {
+        loop_remove_fd_handler(loop_main(), c->fd);
+    }
     co_spawn(command_co, req);
     return true;
 }
 
-/* GS: one complete line (without its newline). Returns true if a command
- * was started. */
-static bool handle_line(QmpClient *c, char *line, size_t len) GS
+/* GS: a bare top-level token that is no JSON value: QEMU's wording. */
+static void reply_bad_token(QmpClient *c, const char *tok, size_t len) GS
+{
+    char desc[160];
+
+    GS_CODE();
+    snprintf(desc, sizeof(desc), "JSON parse error, invalid keyword '%.*s%s'",
+             (int)(len > 64 ? 64 : len), tok, len > 64 ? "..." : "");
+    input_error(c, desc);
+}
+
+/* GS: one complete value.  Returns true if a command was started. */
+static bool handle_message(QmpClient *c, const char *text, size_t len) GS
 {
     json_error_t jerr;
     json_t *msg;
     bool started;
 
     GS_CODE();
-    while (len && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t')) {
-        len--;
-    }
-    if (len == 0) {
-        return false;
-    }
-    if (too_deep(line, len)) {
-        send_error(c, NULL, "JSON parse error, nesting too deep "
-                   "(more than 64 levels); request dropped", NULL);
-        return false;
-    }
-    msg = json_loadb(line, len, JSON_DECODE_ANY, &jerr);
+    msg = json_loadb(text, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
     if (!msg) {
         char desc[300];
+        if (text[0] != '{' && text[0] != '[' && text[0] != '"') {
+            reply_bad_token(c, text, len);
+            return false;
+        }
         snprintf(desc, sizeof(desc), "JSON parse error, %s", jerr.text);
-        send_error(c, NULL, desc, NULL);
+        input_error(c, desc);
         return false;
     }
     started = handle_request(c, msg);
@@ -337,49 +710,29 @@ static bool handle_line(QmpClient *c, char *line, size_t len) GS
     return started;
 }
 
-/* GS: handles the buffered complete lines until one starts a command. */
+/* GS: handles the buffered input until a command starts or it runs out. */
 static void client_process(QmpClient *c) GS
 {
-    size_t start = 0;
-
     GS_CODE();
-    while (!c->closed && !c->busy) {
-        char *nl = memchr(c->buf + start, '\n', c->len - start);
-        size_t linelen;
-        if (!nl) {
+    while (!c->closed && !c->busy && !c->dropped) {
+        size_t start, len;
+        const char *err = NULL;
+        FrameResult r = frame_next(&c->in, &start, &len, &err);
+
+        if (r == FRAME_NEED_MORE) {
             break;
         }
-        linelen = nl - (c->buf + start);
-        if (c->discarding) {
-            c->discarding = false;   /* the tail of an over-long line */
-        } else if (linelen > QMP_MAX_LINE) {
-            /* arrived whole, within one read past the limit */
-            send_error(c, NULL, "JSON parse error, request line longer than "
-                       "1 MiB; request dropped", NULL);
+        if (r == FRAME_ERROR) {
+            input_error(c, err);
         } else {
-            handle_line(c, c->buf + start, linelen);
+            handle_message(c, c->in.buf + start, len);
         }
-        start += linelen + 1;
     }
-    if (c->closed) {
-        return;
-    }
-    memmove(c->buf, c->buf + start, c->len - start);
-    c->len -= start;
-    if (c->len > QMP_MAX_LINE) {
-        /* No newline within the limit: drop what we have, and the rest of
-         * the line when it arrives. */
-        if (!c->discarding) {
-            send_error(c, NULL, "JSON parse error, request line longer than "
-                       "1 MiB; request dropped", NULL);
-        }
-        c->discarding = true;
-        c->len = 0;
-    }
+    input_compact(&c->in);
 }
 
 /* Bottom half on the main loop (GS): a command finished; carry on with the
- * client's buffered lines, then watch its fd again. */
+ * client's buffered input, then watch its fd again. */
 static void client_resume_bh(void *opaque)
 {
     QmpClient *c = opaque;
@@ -388,9 +741,10 @@ static void client_resume_bh(void *opaque)
     c->busy = false;
     if (!c->closed) {
         client_process(c);
-        if (!c->busy && !c->closed) {
+        if (!c->busy && c->fd >= 0 && !c->eof) {
             loop_set_fd_handler(loop_main(), c->fd, client_on_readable, c);
         }
+        client_maybe_finish(c);
     }
     client_unref(c);
 }
@@ -402,20 +756,69 @@ static void client_on_readable(void *opaque)
     ssize_t n;
 
     global_lock_assert_held();
-    if (c->cap - c->len < QMP_READ_CHUNK) {
-        c->cap = c->len + QMP_READ_CHUNK * 2;
-        c->buf = realloc(c->buf, c->cap);
-    }
-    n = recv(c->fd, c->buf + c->len, c->cap - c->len, MSG_DONTWAIT);
+    input_reserve(&c->in, QMP_READ_CHUNK);
+    n = recv(c->fd, c->in.buf + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
         return;
     }
     if (n <= 0) {
-        client_close(c);
+        /* EOF (or a reset): run what is complete, then close */
+        c->eof = true;
+        loop_remove_fd_handler(loop_main(), c->fd);
+        client_process(c);
+        if (n < 0) {
+            client_drop_output(c);
+        }
+        client_maybe_finish(c);
         return;
     }
-    c->len += n;
+    c->in.len += n;
     client_process(c);
+}
+
+/* ------------------------------------------------------------ sessions */
+
+QmpSession *qmp_session_new(bool (*may_run)(const char *name))
+{
+    QmpClient *c = calloc(1, sizeof(*c));
+
+    GS_CODE();
+    c->fd = -1;
+    c->refcnt = 1;
+    c->may_run = may_run;
+    return c;
+}
+
+void qmp_session_input(QmpSession *s, const void *data, size_t len)
+{
+    GS_CODE();
+    input_reserve(&s->in, len);
+    memcpy(s->in.buf + s->in.len, data, len);
+    s->in.len += len;
+    if (!s->busy) {
+        client_process(s);
+    }
+}
+
+bool qmp_session_busy(QmpSession *s)
+{
+    GS_CODE();
+    return s->busy;
+}
+
+const char *qmp_session_output(QmpSession *s, size_t *len)
+{
+    GS_CODE();
+    *len = s->out.len - s->out.off;
+    return s->out.buf ? s->out.buf + s->out.off : "";
+}
+
+void qmp_session_free(QmpSession *s)
+{
+    GS_CODE();
+    assert(!s->busy);
+    s->closed = true;
+    client_unref(s);
 }
 
 /* ------------------------------------------------------------ listener */
@@ -468,11 +871,44 @@ static bool is_stale_socket(const char *path, const struct sockaddr_un *addr)
     return stale;
 }
 
+/*
+ * Main thread: binds fd to path (mode 0600) and listens.  Where the name
+ * fits, the socket is bound under a temporary name and renamed into place
+ * once it listens: whoever waits for the path to appear can connect at once
+ * (between bind() and listen() a connect() would be refused).
+ */
+static int bind_and_listen(int fd, const char *path, Error **errp)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    int n = snprintf(addr.sun_path, sizeof(addr.sun_path), "%s.tmp%d", path,
+                     (int)getpid());
+    bool renamed = n > 0 && (size_t)n < sizeof(addr.sun_path);
+    mode_t old_mask;
+    int ret;
+
+    if (renamed) {
+        unlink(addr.sun_path);   /* left by a crashed process with our pid */
+    } else {
+        snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
+    }
+    old_mask = umask(0177);   /* the socket is created 0600 */
+    ret = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    umask(old_mask);
+    if (ret == 0 && listen(fd, 16) == 0 &&
+        (!renamed || rename(addr.sun_path, path) == 0)) {
+        return 0;
+    }
+    error_setg_errno(errp, errno, "QMP socket '%s'", path);
+    if (ret == 0) {
+        unlink(addr.sun_path);
+    }
+    return -1;
+}
+
 int qmp_server_start(const char *path, Error **errp)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
-    mode_t old_mask;
-    int fd, ret;
+    int fd;
 
     GS_CODE();
     if (strlen(path) >= sizeof(addr.sun_path)) {
@@ -493,11 +929,7 @@ int qmp_server_start(const char *path, Error **errp)
         error_setg_errno(errp, errno, "QMP socket '%s'", path);
         return -1;
     }
-    old_mask = umask(0177);   /* the socket is created 0600 */
-    ret = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
-    umask(old_mask);
-    if (ret < 0 || listen(fd, 16) < 0) {
-        error_setg_errno(errp, errno, "QMP socket '%s'", path);
+    if (bind_and_listen(fd, path, errp) < 0) {
         close(fd);
         return -1;
     }

@@ -24,6 +24,27 @@ void qmp_server_stop(void) GS;
  * negotiation.  Steals data (may be NULL: an empty object). */
 void qmp_emit_event(const char *name, json_t *data) GS;
 
+/*
+ * Sessions: a QMP client without a socket, for tests and fuzzing.  Input
+ * goes through the same framing, JSON parsing, envelope, negotiation and
+ * argument checks as a socket client's; replies collect in an output buffer
+ * (events are not delivered to sessions).  A command for which may_run(name)
+ * returns false only has its arguments checked (reply {"return": {}} when
+ * they are valid); may_run NULL runs every command.  Commands run in
+ * coroutines on the main loop: after qmp_session_input(), iterate the main
+ * loop while qmp_session_busy().
+ */
+typedef struct QmpClient QmpClient;
+typedef QmpClient QmpSession;
+QmpSession *qmp_session_new(bool (*may_run)(const char *name)) GS;
+/* Appends data to the session's input and processes what is complete. */
+void qmp_session_input(QmpSession *s, const void *data, size_t len) GS;
+bool qmp_session_busy(QmpSession *s) GS;
+/* Everything replied so far (not NUL-terminated); valid until the next call. */
+const char *qmp_session_output(QmpSession *s, size_t *len) GS;
+/* Frees an idle session. */
+void qmp_session_free(QmpSession *s) GS;
+
 /* commands.c */
 
 /* A handler: args is the "arguments" object (never NULL; already checked

@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import threading
 
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, is_mounted,
                     read_file, wait_for, write_at)
@@ -72,7 +73,9 @@ class QmpClient:
         self.sock.close()
 
 
-class Qmp(FuseTestCase):
+class QmpHelpers:
+    """Starting a daemon with a QMP socket and common steps (a mixin for
+    FuseTestCase classes; holds no tests itself)."""
 
     def start(self):
         self.sock = self.path('qmp.sock')
@@ -94,6 +97,9 @@ class Qmp(FuseTestCase):
         self.assertEqual(c.cmd('quit'), {'return': {}})
         self.assertEqual(d.wait_exit(), 0, d.describe())
         self.assertFalse(os.path.exists(self.sock), 'socket file left behind')
+
+
+class Qmp(QmpHelpers, FuseTestCase):
 
     def test_greeting_negotiation_version(self):
         d = self.start()
@@ -132,15 +138,38 @@ class Qmp(FuseTestCase):
         d = self.start()
         c = QmpClient(self.sock).negotiate()
         c2 = QmpClient(self.sock).negotiate()
+        # an unfinished object waits for the rest, as in QEMU; '}' ends it
         c.send_raw(b'{"execute": \n')
+        c.send_raw(b'}\n')
         r = c.reply()
         self.assertEqual(r['error']['class'], 'GenericError')
         self.assertTrue(r['error']['desc'].startswith('JSON parse error'), r)
-        c.send_raw(b'[' * 100 + b']' * 100 + b'\n')
-        self.assertIn('nesting', c.reply()['error']['desc'])
+        c.send_raw(b'[' * 2000 + b']' * 2000 + b'\n')
+        self.assertEqual(c.reply()['error']['desc'],
+                         'JSON nesting depth limit exceeded; input dropped up to '
+                         'the next newline')
         c.send_raw(b'"' + b'a' * (2 * MiB) + b'"\n')
         self.assertIn('1 MiB', c.reply()['error']['desc'])
         self.assertIn('return', c2.cmd('query-version'))
+        self.assertIn('return', c.cmd('query-version'))
+        # bare values and garbage tokens: QEMU's words
+        c.send_raw(b'42\n"str"\n[1, 2]\nxyz\n{"a": tru}\n')
+        for _ in range(3):
+            self.assertEqual(c.reply()['error']['desc'],
+                             'QMP input must be a JSON object')
+        self.assertEqual(c.reply()['error']['desc'],
+                         "JSON parse error, invalid keyword 'xyz'")
+        self.assertTrue(c.reply()['error']['desc'].startswith('JSON parse error'))
+        # envelope errors
+        for msg, desc in ((b'{"id": 1}', "QMP input lacks member 'execute'"),
+                          (b'{"execute": 1}',
+                           "QMP input member 'execute' must be a string"),
+                          (b'{"execute": "quit", "arguments": []}',
+                           "QMP input member 'arguments' must be an object"),
+                          (b'{"execute": "quit", "x": 1}',
+                           "QMP input member 'x' is unexpected")):
+            c.send_raw(msg + b'\n')
+            self.assertEqual(c.reply()['error']['desc'], desc)
         self.assertIn('return', c.cmd('query-version'))
         # a client that disconnects mid-request does not disturb the others
         c3 = QmpClient(self.sock).negotiate()
@@ -148,6 +177,94 @@ class Qmp(FuseTestCase):
         c3.close()
         self.assertIn('return', c2.cmd('query-version'))
         self.quit(d, c)
+
+    def test_streaming_framing(self):
+        """Requests split over several writes, several in one write, no
+        newlines needed (QEMU's streaming parser accepts the same)."""
+        d = self.start()
+        c = QmpClient(self.sock)
+        # negotiation and a command in one write, without newlines
+        c.send_raw(b'{"execute":"qmp_capabilities"}{"execute":"query-version",'
+                   b'"id":1}')
+        self.assertEqual(c.reply(), {'return': {}})
+        self.assertEqual(c.reply()['id'], 1)
+        # one request split byte by byte, with braces and escapes in strings
+        req = json.dumps({'execute': 'query-version', 'id': 'a}"\\{['}).encode()
+        for i in range(len(req)):
+            c.send_raw(req[i:i + 1])
+        self.assertEqual(c.reply()['id'], 'a}"\\{[')
+        # three requests, split in the middle of the second
+        batch = b''.join(json.dumps({'execute': 'query-version', 'id': i}).encode()
+                         + b' ' for i in range(3))
+        c.send_raw(batch[:40])
+        c.send_raw(batch[40:])
+        self.assertEqual([c.reply()['id'] for _ in range(3)], [0, 1, 2])
+        self.quit(d, c)
+
+    def test_garbage_line_10mib(self):
+        """10 MiB of garbage on one line: one error reply, the client stays
+        usable, and another client is served meanwhile."""
+        d = self.start()
+        c = QmpClient(self.sock).negotiate()
+        other = QmpClient(self.sock).negotiate()
+        for garbage in (b'x' * (10 * MiB), b'{"a": "' + b'y' * (10 * MiB),
+                        bytes(range(256)) * (40 * 1024)):
+            sender = threading.Thread(target=c.send_raw,
+                                      args=(garbage.replace(b'\n', b' ') + b'\n',))
+            sender.start()
+            self.assertIn('return', other.cmd('query-version'))
+            r = c.reply()
+            sender.join(TIMEOUT)
+            self.assertEqual(r['error']['class'], 'GenericError')
+            self.assertTrue(r['error']['desc'].startswith('JSON parse error'), r)
+            # exactly one error: the next reply answers the next request
+            self.assertEqual(c.cmd('query-version', id='after')['id'], 'after')
+        self.quit(d, c)
+
+    def test_slow_reader_is_dropped(self):
+        """A client that never reads its replies does not block the others;
+        past 16 MiB of backlog it is dropped with a warning."""
+        d = self.start()
+        other = QmpClient(self.sock).negotiate()
+        slow = QmpClient(self.sock).negotiate()
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # replies echo the id: 30 replies with a 768 KiB id are past the bound
+        flood = json.dumps({'execute': 'query-version',
+                            'id': 'x' * (768 * 1024)}).encode() * 30
+        sender = threading.Thread(target=self._send_ignoring_errors,
+                                  args=(slow, flood))
+        sender.start()
+        try:
+            for i in range(20):
+                self.assertEqual(other.cmd('query-version', id=i)['id'], i)
+            wait_for(lambda: 'does not read' in d.stderr(),
+                     lambda: 'slow client not dropped: ' + d.describe())
+            self.assertIn('return', other.cmd('query-version'))
+        finally:
+            slow.close()
+            sender.join(TIMEOUT)
+        self.quit(d, other)
+
+    @staticmethod
+    def _send_ignoring_errors(client, data):
+        try:
+            client.send_raw(data)
+        except OSError:
+            pass   # the daemon dropped us, as it should
+
+    def test_eof_after_requests_gets_replies(self):
+        """A client that sends its requests and shuts its side down still
+        gets every reply (`... | socat - UNIX-CONNECT:sock`)."""
+        d = self.start()
+        c = QmpClient(self.sock)
+        c.send_raw(b'{"execute":"qmp_capabilities"}\n{"execute":"query-version",'
+                   b'"id":5}\n')
+        c.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(c.reply(), {'return': {}})
+        self.assertEqual(c.reply()['id'], 5)
+        self.assertRaises(EOFError, c.recv)
+        c2 = QmpClient(self.sock).negotiate()
+        self.quit(d, c2)
 
     def test_nodes_and_exports(self):
         d = self.start()

@@ -1,9 +1,11 @@
 #!/bin/sh
-# run.sh [-t SECONDS] [BUILD_DIR] — bounded run of the qcow2 fuzzers.
+# run.sh [-t SECONDS] [BUILD_DIR] — bounded run of the fuzzers: the qcow2
+# harnesses and fuzz-qmp (the QMP framing, parser and argument checks).
 #
 # Sets up BUILD_DIR (default build-fuzz-clang) with clang if it does not
-# exist, builds the two harnesses, generates the seed corpus with qemu-img
-# (make-seeds.sh), then runs each harness for SECONDS (default 60) with
+# exist, builds the harnesses, generates the qcow2 seed corpus with qemu-img
+# (make-seeds.sh; fuzz-qmp's seeds are tests/fuzz/qmp-seeds with the
+# dictionary qmp.dict), then runs each harness for SECONDS (default 60) with
 # -max_total_time.  The corpus grows in BUILD_DIR/fuzz/corpus-<harness>
 # between runs; a crash leaves its input in BUILD_DIR/fuzz/artifacts and the
 # script exits 1 (reproduce with: BUILD_DIR/tests/fuzz/<harness> <input>;
@@ -18,7 +20,8 @@ case $build in /*) ;; *) build=$src/$build ;; esac
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$src" >/dev/null
 fi
-ninja -C "$build" -j2 tests/fuzz/fuzz-qcow2-open tests/fuzz/fuzz-qcow2-write >/dev/null
+ninja -C "$build" -j2 tests/fuzz/fuzz-qcow2-open tests/fuzz/fuzz-qcow2-write \
+    tests/fuzz/fuzz-qmp >/dev/null
 
 work=$build/fuzz
 rm -rf "$work/seeds"
@@ -26,14 +29,18 @@ mkdir -p "$work/artifacts"
 "$src/tests/fuzz/make-seeds.sh" "$work/seeds"
 
 status=0
-for h in fuzz-qcow2-open fuzz-qcow2-write; do
+for h in fuzz-qcow2-open fuzz-qcow2-write fuzz-qmp; do
     corpus=$work/corpus-$h
+    seeds=$work/seeds extra=
+    if [ "$h" = fuzz-qmp ]; then
+        seeds=$src/tests/fuzz/qmp-seeds extra=-dict=$src/tests/fuzz/qmp.dict
+    fi
     mkdir -p "$corpus"
     log=$work/$h.log
     # -rss_limit_mb: a fuzzed header may ask for big (bounded) tables
     if "$build/tests/fuzz/$h" -max_total_time="$secs" -rss_limit_mb=2048 \
             -timeout=20 -print_final_stats=1 \
-            -artifact_prefix="$work/artifacts/$h-" "$corpus" "$work/seeds" \
+            -artifact_prefix="$work/artifacts/$h-" ${extra:+"$extra"} "$corpus" "$seeds" \
             >"$log" 2>&1; then
         echo "$h: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" \
             | grep -o '[0-9]*$') runs, $(ls "$corpus" | wc -l) corpus inputs)"

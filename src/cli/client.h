@@ -1,0 +1,45 @@
+/*
+ * client.h — the diskstack client verbs (graph, nodes, exports, snapshot,
+ * backing, export, qmp) and the runtime directory where the daemons put
+ * their default QMP sockets.
+ *
+ * The verbs talk QMP over a unix socket to `diskstack serve`, `diskstack
+ * mount` or qemu-storage-daemon; they never touch the block layer of their
+ * own process.
+ *
+ * Threading: everything here runs on the main thread of a short-lived
+ * process (the verbs) or on the main thread before the daemon's runtime
+ * starts (cli_default_qmp_path), so nothing is GS or I/O code.
+ */
+#ifndef DISKSTACK_CLI_CLIENT_H
+#define DISKSTACK_CLI_CLIENT_H
+
+#include <stdbool.h>
+#include "block-common.h"
+
+/*
+ * The directory holding the daemons' default sockets:
+ * $XDG_RUNTIME_DIR/diskstack, else /run/diskstack for root, else
+ * /tmp/diskstack-$UID.  With create, it is made (mode 0700) when missing.
+ * An existing directory must be ours and not a symlink.  Returns a
+ * malloc'ed path, or NULL with *errp set.
+ */
+char *cli_runtime_dir(bool create, Error **errp);
+/* "<runtime dir>/<kind>-<pid>.qmp" (malloc'ed), creating the directory;
+ * NULL with *errp set.  kind is "serve" or "mount". */
+char *cli_default_qmp_path(const char *kind, Error **errp);
+
+/* The global `diskstack --socket S VERB` option: the socket the verbs use
+ * when they have no --socket of their own. */
+void client_set_socket(const char *path);
+
+/* The verbs: argv[0] is the verb.  Exit codes as in cli.h. */
+int cmd_graph(int argc, char **argv);
+int cmd_nodes(int argc, char **argv);
+int cmd_exports(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_backing(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_qmp(int argc, char **argv);
+
+#endif

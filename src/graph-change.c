@@ -1,0 +1,281 @@
+/*
+ * graph-change.c — live graph changes: putting an overlay on top of a node
+ * (blockdev-snapshot) and changing a node's backing edge (blockdev-reopen,
+ * transaction).
+ *
+ * The shape of every change ("bind the new table before destroying the
+ * old"):
+ *
+ *   1. quiesce exactly the nodes whose edges change (the backends above
+ *      them hold new requests, requests in flight below them complete;
+ *      other chains run on);
+ *   2. under the graph write lock: check the new shape (cycles, roles),
+ *      relink the edges, and check the permissions of the new shape in ONE
+ *      perm transaction over every node that gained or lost a parent; if it
+ *      fails, relink the old edges — the transaction has already restored
+ *      every perm — and nothing is different;
+ *   3. end the sections: the held requests go to the new shape;
+ *   4. drop references last, so a node that left the graph is closed only
+ *      when nothing can reach it any more.
+ *
+ * The _locked forms do step 2 for a caller that did steps 1, 3 and 4
+ * itself (a transaction quiesces several disks first so that all of them
+ * change at one instant).  Such a caller holds a reference on every node it
+ * quiesced — it has to, to end those sections — so nothing is freed while
+ * the write lock is held.
+ *
+ * All GS: main thread, global lock; the bdrv_co_ forms run in a coroutine
+ * on the main loop because quiescing waits.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "graph-internal.h"
+
+/* ---- checks ---- */
+
+/* True if target is bs or below it (any edge). */
+static bool node_reaches(BlockNode *bs, BlockNode *target) GRAPH_RDLOCK
+{
+    if (bs == target) {
+        return true;
+    }
+    for (BlockChild *c = bs->children; c; c = c->next_child) {
+        if (node_reaches(c->node, target)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A driver supports a backing edge when its definition may name one. */
+static bool driver_has_backing(const BlockDriver *drv)
+{
+    for (const BlockOptionDesc *o = drv->options; o && o->name; o++) {
+        if (!strcmp(o->name, "backing")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool node_quiesced(BlockNode *bs)
+{
+    return atomic_load(&bs->quiesce_counter) > 0;
+}
+
+/* The _locked forms are called inside the caller's section: a missing
+ * section or lock is a bug, not an error to report. */
+static void assert_locked_and_quiesced(const char *func, BlockNode *a,
+                                       BlockNode *b) GRAPH_WRLOCK
+{
+    if (!graph_wrlock_held() || (a && !node_quiesced(a)) ||
+        (b && !node_quiesced(b))) {
+        fprintf(stderr, "diskstack: %s needs the graph write lock and the "
+                "nodes it changes quiesced\n", func);
+        abort();
+    }
+}
+
+static int check_overlay(BlockNode *overlay, BlockNode *top, Error **errp)
+    GRAPH_RDLOCK GS
+{
+    if (overlay->parents) {
+        error_setg(errp, "The overlay is already in use");
+        return -EBUSY;
+    }
+    if (overlay->backing) {
+        error_setg(errp, "The overlay already has a backing image");
+        return -EEXIST;
+    }
+    if (!driver_has_backing(overlay->drv)) {
+        error_setg(errp, "The overlay does not support backing images");
+        return -ENOTSUP;
+    }
+    /* top below overlay: moving top's parents would make overlay its own
+     * parent; overlay below top: a loop through the backing edge */
+    if (node_reaches(top, overlay) || node_reaches(overlay, top)) {
+        error_setg(errp, "Making '%s' a backing child of '%s' would create "
+                   "a cycle", top->node_name, overlay->node_name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* ---- blockdev-snapshot ---- */
+
+int bdrv_append_overlay_locked(BlockNode *overlay, BlockNode *top,
+                               Error **errp)
+{
+    GS_CODE();
+    assert_locked_and_quiesced(__func__, overlay, top);
+    int ret = check_overlay(overlay, top, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    /* top's parents first, so that the backing edge is top's only parent */
+    bdrv_move_parents_noperm(top, overlay);
+    BlockChild *backing = bdrv_link_child_noperm(overlay, top, "backing",
+                                                 BDRV_CHILD_COW);
+    BlockNode *touched[] = { overlay, top };
+    ret = perm_refresh_nodes(touched, ARRAY_SIZE(touched), errp);
+    if (ret < 0) {
+        bdrv_unlink_child_noperm(backing);
+        bdrv_move_parents_noperm(overlay, top);
+    }
+    return ret;
+}
+
+void bdrv_remove_overlay_locked(BlockNode *overlay, BlockNode *top)
+{
+    GS_CODE();
+    assert_locked_and_quiesced(__func__, overlay, top);
+    if (!overlay->backing || overlay->backing->node != top) {
+        abort();
+    }
+    bdrv_unlink_child_noperm(overlay->backing);
+    bdrv_move_parents_noperm(overlay, top);
+    /* Back to the shape that held before the append: cannot conflict. */
+    BlockNode *touched[] = { top, overlay };
+    perm_refresh_nodes(touched, ARRAY_SIZE(touched), NULL);
+}
+
+/* Takes a reference on each node and quiesces it; NULLs are skipped. */
+static void coroutine_fn begin_sections(BlockNode **nodes, int n) GS
+{
+    for (int i = 0; i < n; i++) {
+        if (nodes[i]) {
+            bdrv_ref(nodes[i]);
+            bdrv_co_quiesce_begin(nodes[i]);
+        }
+    }
+}
+
+/* Ends the sections in reverse order, then drops the references (the last
+ * one may close a node that left the graph). */
+static void coroutine_fn end_sections(BlockNode **nodes, int n) GS
+{
+    for (int i = n - 1; i >= 0; i--) {
+        if (nodes[i]) {
+            bdrv_quiesce_end(nodes[i]);
+        }
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        if (nodes[i]) {
+            bdrv_co_unref(nodes[i]);
+        }
+    }
+}
+
+int coroutine_fn bdrv_co_append_overlay(BlockNode *overlay, BlockNode *top,
+                                        Error **errp)
+{
+    GS_CODE();
+    BlockNode *nodes[] = { top, overlay };
+    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_graph_wrlock();
+    int ret = bdrv_append_overlay_locked(overlay, top, errp);
+    bdrv_graph_wrunlock();
+    end_sections(nodes, ARRAY_SIZE(nodes));
+    return ret;
+}
+
+/* ---- backing edges ---- */
+
+static int check_backing(BlockNode *bs, BlockNode *backing, Error **errp)
+    GRAPH_RDLOCK GS
+{
+    if (!backing) {
+        return 0;
+    }
+    if (!driver_has_backing(bs->drv)) {
+        error_setg(errp, "Driver '%s' of node '%s' does not support backing "
+                   "files", bs->drv->format_name, bs->node_name);
+        return -ENOTSUP;
+    }
+    if (node_reaches(backing, bs)) {
+        error_setg(errp, "Making '%s' a backing child of '%s' would create "
+                   "a cycle", backing->node_name, bs->node_name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* bs had no backing edge: adds one to backing. */
+static int add_backing(BlockNode *bs, BlockNode *backing, Error **errp)
+    GRAPH_WRLOCK GS
+{
+    BlockChild *c = bdrv_link_child_noperm(bs, backing, "backing",
+                                           BDRV_CHILD_COW);
+    int ret = perm_refresh_nodes(&backing, 1, errp);
+    if (ret < 0) {
+        bdrv_unlink_child_noperm(c);
+    }
+    return ret;
+}
+
+/* Removes bs's backing edge; the old backing gives up the perms it had for
+ * bs (dropping perms cannot conflict). */
+static void remove_backing(BlockNode *bs) GRAPH_WRLOCK GS
+{
+    BlockNode *old = bs->backing->node;
+    bdrv_unlink_child_noperm(bs->backing);
+    perm_refresh_nodes(&old, 1, NULL);
+}
+
+int bdrv_set_backing_locked(BlockNode *bs, BlockNode *backing, Error **errp)
+{
+    GS_CODE();
+    BlockNode *old = bs->backing ? bs->backing->node : NULL;
+    if (old == backing) {
+        return 0;
+    }
+    assert_locked_and_quiesced(__func__, old, backing);
+    if (bs->parents && !node_quiesced(bs)) {
+        assert_locked_and_quiesced(__func__, bs, NULL);
+    }
+    int ret = check_backing(bs, backing, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (old && backing) {
+        /* checks the new backing's perms first, then frees the old ones */
+        return bdrv_replace_child_node(bs->backing, backing, errp);
+    }
+    if (backing) {
+        return add_backing(bs, backing, errp);
+    }
+    remove_backing(bs);
+    return 0;
+}
+
+/* The current backing node of bs (NULL: none), read under the lock. */
+static BlockNode *backing_node(BlockNode *bs) GS
+{
+    bdrv_graph_rdlock_main_loop();
+    BlockNode *b = bs->backing ? bs->backing->node : NULL;
+    bdrv_graph_rdunlock_main_loop();
+    return b;
+}
+
+int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
+                                     Error **errp)
+{
+    GS_CODE();
+    for (;;) {
+        BlockNode *nodes[] = { bs, backing_node(bs), backing };
+        begin_sections(nodes, ARRAY_SIZE(nodes));
+        /* Quiescing yields: another command may have changed the edge
+         * meanwhile.  Then the section covers the wrong node: again. */
+        if (backing_node(bs) != nodes[1]) {
+            end_sections(nodes, ARRAY_SIZE(nodes));
+            continue;
+        }
+        bdrv_graph_wrlock();
+        int ret = bdrv_set_backing_locked(bs, backing, errp);
+        bdrv_graph_wrunlock();
+        end_sections(nodes, ARRAY_SIZE(nodes));
+        return ret;
+    }
+}
