@@ -197,32 +197,6 @@ static int coroutine_fn open_blockdev(const char *text, Error **errp) GS
     return 0;
 }
 
-/* Main loop (GS), coroutine: an export's mount went away underneath us
- * (fusermount3 -u).  As qemu-storage-daemon does, the daemon keeps serving
- * the others; this export is deleted so its node is released. */
-static void coroutine_fn delete_gone_export_co(void *opaque)
-{
-    char *id = opaque;
-    BlockExport *exp;
-
-    global_lock_assert_held();
-    GS_CODE();
-    exp = block_export_find(id);
-    if (exp && !daemon_stopping()) {
-        fprintf(stderr, "diskstack: export '%s' was unmounted; removing it\n", id);
-        daemon_co_delete_export(exp);
-        qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
-    }
-    free(id);
-}
-
-/* Main loop (GS): the export's gone callback. */
-static void serve_gone(BlockExport *exp, void *opaque)
-{
-    global_lock_assert_held();
-    co_spawn(delete_gone_export_co, strdup(block_export_id(exp)));
-}
-
 /* GS: one --export: parse, check (coercing key=value strings only), add. */
 static int coroutine_fn add_export(const char *text, Error **errp) GS
 {
@@ -239,7 +213,7 @@ static int coroutine_fn add_export(const char *text, Error **errp) GS
         error_prepend(errp, "--export %s: ", text);
         return -1;
     }
-    block_export_set_gone_cb(exp, serve_gone, NULL);
+    block_export_set_gone_cb(exp, qmp_export_gone, NULL);
     return 0;
 }
 

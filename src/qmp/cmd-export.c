@@ -17,9 +17,9 @@
 #include "options.h"
 #include "qmp/commands.h"
 
-/* Coroutine entry on the main loop (GS): deletes an export and tells the
- * clients.  opaque is the export's id (freed here). */
-static void coroutine_fn delete_export_co(void *opaque)
+/* Coroutine entry on the main loop (GS): deletes an export whose mount went
+ * away and tells the clients.  opaque is the export's id (freed here). */
+static void coroutine_fn delete_gone_export_co(void *opaque)
 {
     char *id = opaque;
     BlockExport *exp;
@@ -28,17 +28,17 @@ static void coroutine_fn delete_export_co(void *opaque)
     GS_CODE();
     exp = block_export_find(id);
     if (exp && !daemon_stopping()) {
+        fprintf(stderr, "diskstack: export '%s' was unmounted; removing it\n", id);
         daemon_co_delete_export(exp);
         qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
     }
     free(id);
 }
 
-/* Main loop (GS): an export's mount went away underneath us. */
-static void export_gone(BlockExport *exp, void *opaque)
+void qmp_export_gone(BlockExport *exp, void *opaque)
 {
     global_lock_assert_held();
-    co_spawn(delete_export_co, strdup(block_export_id(exp)));
+    co_spawn(delete_gone_export_co, strdup(block_export_id(exp)));
 }
 
 /* GS: QEMU's error for the IOThread names in `iothread` (a name or a list
@@ -172,7 +172,7 @@ static json_t *coroutine_fn block_export_add_cmd(json_t *args, Error **errp)
     if (!exp) {
         return NULL;
     }
-    block_export_set_gone_cb(exp, export_gone, NULL);
+    block_export_set_gone_cb(exp, qmp_export_gone, NULL);
     return json_object();
 }
 

@@ -45,6 +45,14 @@ const char *qmp_session_output(QmpSession *s, size_t *len) GS;
 /* Frees an idle session. */
 void qmp_session_free(QmpSession *s) GS;
 
+/* cmd-export.c.  The gone callback (block_export_set_gone_cb) of the
+ * exports of a daemon with a QMP socket: main loop (GS).  An export whose
+ * mount went away underneath us (fusermount3 -u) is deleted, as
+ * qemu-storage-daemon does, so its node is released, and the clients get
+ * BLOCK_EXPORT_DELETED; the daemon keeps serving the others. */
+typedef struct BlockExport BlockExport;
+void qmp_export_gone(BlockExport *exp, void *opaque) GS;
+
 /* commands.c */
 
 /* A handler: args is the "arguments" object (never NULL; already checked
