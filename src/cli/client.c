@@ -710,6 +710,41 @@ static bool check_snapshot_delete(const ClientArgs *a)
     return true;
 }
 
+/* True if the daemon has a node called name (nodes: the flat node list). */
+static bool node_exists(json_t *nodes, const char *name)
+{
+    size_t i;
+    json_t *n;
+
+    json_array_foreach(nodes, i, n) {
+        if (!strcmp(json_string_value(json_object_get(n, "node-name")) ?: "", name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The overlay's node name when --node-name is not given (QMP needs one):
+ * NODE-snap1, NODE-snap2, ... the first the daemon does not have. */
+static char *default_overlay_name(QmpConn *c, const char *node, Error **errp)
+{
+    json_t *nodes = qmp_conn_execute(c, "query-named-block-nodes",
+                                     json_pack("{s:b}", "flat", true), errp);
+    char *name = NULL;
+
+    for (int i = 1; nodes && !name; i++) {
+        if (asprintf(&name, "%s-snap%d", node, i) < 0) {
+            abort();
+        }
+        if (node_exists(nodes, name)) {
+            free(name);
+            name = NULL;
+        }
+    }
+    json_decref(nodes);
+    return name;
+}
+
 static int verb_snapshot_create(QmpConn *c, const ClientArgs *a, Error **errp)
 {
     const char *node = a->args[0];
@@ -723,18 +758,23 @@ static int verb_snapshot_create(QmpConn *c, const ClientArgs *a, Error **errp)
         return ret ? print_done(a, ret, "created internal snapshot '%s' of node '%s'",
                                 a->args[1], node) : -1;
     }
-    file = absolute_path(a->file);
-    args = json_pack("{s:s,s:s}", "node-name", node, "snapshot-file", file);
-    if (a->node_name) {
-        json_object_set_new(args, "snapshot-node-name", json_string(a->node_name));
+    char *overlay = a->node_name ? strdup(a->node_name)
+                                 : default_overlay_name(c, node, errp);
+    if (!overlay) {
+        return -1;
     }
+    file = absolute_path(a->file);
+    args = json_pack("{s:s,s:s,s:s}", "node-name", node, "snapshot-file", file,
+                     "snapshot-node-name", overlay);
     if (a->format) {
         json_object_set_new(args, "format", json_string(a->format));
     }
     ret = qmp_conn_execute(c, "blockdev-snapshot-sync", args, errp);
     if (ret) {
-        print_done(a, ret, "node '%s' now writes to the new overlay %s", node, file);
+        print_done(a, ret, "node '%s' now writes to the new overlay '%s' (%s)",
+                   node, overlay, file);
     }
+    free(overlay);
     free(file);
     return ret ? 0 : -1;
 }
@@ -1029,7 +1069,8 @@ static const Verb snapshot_verbs[] = {
     { "snapshot create",
       "NODE --file PATH [--node-name N] [--format F] | --internal NODE NAME",
       "External: put a new overlay PATH (created, format qcow2 unless --format)\n"
-      "on top of NODE (blockdev-snapshot-sync); --node-name names the overlay.\n"
+      "on top of NODE (blockdev-snapshot-sync); --node-name names the overlay\n"
+      "(default: NODE-snap1, NODE-snap2, ... the first not in use).\n"
       "Internal (--internal): a snapshot NAME inside the image of NODE\n"
       "(blockdev-snapshot-internal-sync).\n",
       ACCEPT_FILE | ACCEPT_NODE_NAME | ACCEPT_FORMAT | ACCEPT_INTERNAL, 1, 2,

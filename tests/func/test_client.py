@@ -272,6 +272,12 @@ class ServeClient(ClientCase):
         self.assertEqual(nodes['ov']['drv'], 'qcow2')
         write_at(mp, 0, b'after')
         self.assertEqual(read_file(mp)[:8], b'after' + b'\x5a' * 3)
+        # without --node-name: the first free OVERLAY-snapN
+        self.ok('snapshot', 'create', 'ov', '--file', self.path('overlay2.qcow2'))
+        self.ok('snapshot', 'create', 'ov-snap1', '--file', self.path('overlay3.qcow2'))
+        nodes = {n['node-name'] for n in self.ok_json('nodes')}
+        self.assertTrue({'ov-snap1', 'ov-snap1-snap1'} <= nodes, nodes)
+        self.assertEqual(read_file(mp)[:8], b'after' + b'\x5a' * 3)
         err = self.fails(1, 'snapshot', 'create', 'nosuch', '--file', self.path('x.qcow2'))
         self.assertIn('nosuch', err)
         self.fails(2, 'snapshot', 'create', 'disk')                    # no --file
@@ -279,7 +285,8 @@ class ServeClient(ClientCase):
         self.stop_cleanly(d)
         info = json.loads(run_qemu_img('info', '--output=json', overlay).stdout)
         self.assertEqual(info.get('backing-filename'), img)
-        self.assertEqual(run_qemu_img('check', overlay).returncode, 0)
+        for name in ('overlay.qcow2', 'overlay2.qcow2', 'overlay3.qcow2'):
+            self.assertEqual(run_qemu_img('check', self.path(name)).returncode, 0, name)
 
     def test_snapshot_internal(self):
         self.serve_disk()
