@@ -70,6 +70,19 @@ struct BlockDriver {
     bool is_protocol;          /* talks to a file; has no children */
     bool is_format;            /* interprets a "file" child */
     bool is_filter;            /* passes requests to one "file" child */
+    /*
+     * A filter that queues requests (throttle) is a barrier for quiesced
+     * sections (DESIGN rule 2): a section of a node below it raises its
+     * quiesce_counter but goes no further up, the filter stops dispatching
+     * from its queue while quiesce_counter > 0, and the section waits only
+     * for the requests the filter has sent below (co_in_flight_below), not
+     * for those it holds.  Queued requests stay queued.
+     */
+    bool quiesce_barrier;
+    /* With quiesce_barrier — lock: none (atomic read); in flight: yes;
+     * threads: any.  Requests this node has passed to its child and that
+     * have not completed. */
+    int (*in_flight_below)(BlockNode *bs);
     const BlockOptionDesc *options;   /* NULL-terminated by name == NULL */
 
     /*
