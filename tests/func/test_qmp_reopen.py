@@ -10,53 +10,16 @@ import errno
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, is_mounted,
                     pread_all, wait_for)
+from qmp import QmpClient
 
 SIZE = 4 * MiB
 TIMEOUT = 15.0
 CHUNK = 64 * 1024
-
-
-class QmpClient:
-    """A line-oriented QMP connection; events are kept aside."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(TIMEOUT)
-        self.sock.connect(path)
-        self.buf = b''
-        self.events = []
-        self.recv()                      # greeting
-        assert self.cmd('qmp_capabilities') == {'return': {}}
-
-    def recv(self):
-        while b'\n' not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError('QMP connection closed')
-            self.buf += data
-        line, self.buf = self.buf.split(b'\n', 1)
-        return json.loads(line)
-
-    def cmd(self, name, args=None):
-        msg = {'execute': name}
-        if args is not None:
-            msg['arguments'] = args
-        self.sock.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            r = self.recv()
-            if 'event' in r:
-                self.events.append(r)
-            else:
-                return r
-
-    def close(self):
-        self.sock.close()
 
 
 def run(*args):
@@ -91,7 +54,7 @@ class ReopenBase(FuseTestCase):
                  lambda: 'no QMP socket: ' + d.describe())
         self.assertIsNone(d.proc.poll(), d.describe())
         self.daemon = d
-        self.qmp = QmpClient(self.sock)
+        self.qmp = QmpClient(self.sock).negotiate()
         self.addCleanup(self.qmp.close)
         return self.qmp
 
@@ -631,7 +594,7 @@ class Refusals(ReopenBase):
             d.start(wait_mounted=False)
             wait_for(lambda: os.path.exists(sock) or d.proc.poll() is not None,
                      lambda: 'no QMP socket: ' + d.describe())
-            self.qmp = QmpClient(sock)
+            self.qmp = QmpClient(sock).negotiate()
             self.setup_graph(base, base2, top, raw)
             replies[who] = [self.qmp.cmd('blockdev-reopen', {'options': defs})
                             for _, defs, _ in self.cases(base, top)]
