@@ -61,6 +61,11 @@ typedef struct BlockReopenState {
     void *opaque;                /* the driver's prepared state */
 } BlockReopenState;
 
+/* For quiesce_barrier drivers (thread-safe, cheap when nobody waits): call
+ * it whenever in_flight_below drops to zero, so that a quiescing waiter
+ * re-checks its condition (quiesce.c). */
+void bdrv_notify_idle(void);
+
 /* Options every node takes (handled by the core, listed for validation). */
 extern const BlockOptionDesc bdrv_common_options[];
 
@@ -83,6 +88,14 @@ struct BlockDriver {
      * threads: any.  Requests this node has passed to its child and that
      * have not completed. */
     int (*in_flight_below)(BlockNode *bs);
+    /* With quiesce_barrier — lock: GS; in flight: yes (new requests keep
+     * arriving and queue); threads: main only.  A section of a node below
+     * stopped at this node (begin) / ended (end).  Sections nest: the
+     * driver stops dispatching at the first begin and resumes at the last
+     * end.  A section of the node itself does not call them: it waits for
+     * the node's queue like any node's in-flight requests. */
+    void (*quiesce_barrier_begin)(BlockNode *bs) GS_PTR;
+    void (*quiesce_barrier_end)(BlockNode *bs) GS_PTR;
     const BlockOptionDesc *options;   /* NULL-terminated by name == NULL */
 
     /*

@@ -10,6 +10,24 @@
  * that set is touched: a quiesced section on one chain never stops or waits
  * for another chain.
  *
+ * Barriers.  A node whose driver has quiesce_barrier (the throttle filter)
+ * stops the walk: a section of a node below it raises its quiesce_counter
+ * and tells its driver (quiesce_barrier_begin), which then stops
+ * dispatching the requests it queues, but its parents are not quiesced —
+ * the backend above keeps accepting requests, and they queue in the
+ * filter.  At such a node the wait is for in_flight_below() == 0, the
+ * requests it has already sent below, not for its in_flight (which counts
+ * its queue) nor its parents'.  So a section below a throttle node ends
+ * its wait at once, however long the queue, and no limit is exceeded.
+ * quiesce_end undoes it symmetrically (quiesce_barrier_end: dispatch
+ * resumes at the throttled rate).  A section that starts at the barrier
+ * node itself (node drain before close, a change above it) is an ordinary
+ * one: the node's queue counts as in flight and drains at its rate.  So
+ * whoever quiesces both a barrier node and a node below it must begin with
+ * the barrier node (as reopen.c does, reopened node first): begun the
+ * other way round, the barrier's queue is held by the first section and
+ * the second would wait for it until the first ends.
+ *
  * Waiting is a coroutine yield, never a nested event loop or a poll: the
  * completion path (io.c and backend.c, on any thread) calls
  * bdrv_notify_idle() when an in-flight counter drops to zero, which wakes
@@ -84,11 +102,40 @@ void coroutine_fn wait_until_idle(bool (*cond)(void *opaque), void *opaque)
 
 static void quiesce_up(BlockNode *bs) GRAPH_RDLOCK GS;
 
+/* Both (pure): does a section coming from below stop at bs? */
+static bool is_barrier(const BlockNode *bs)
+{
+    return bs->drv && bs->drv->quiesce_barrier;
+}
+
+/* GS: a section from below reaches barrier bs and goes no further. */
+static void barrier_begin(BlockNode *bs) GS
+{
+    GS_CODE();
+    atomic_fetch_add(&bs->quiesce_counter, 1);
+    if (bs->drv->quiesce_barrier_begin) {
+        bs->drv->quiesce_barrier_begin(bs);
+    }
+}
+
+static void barrier_end(BlockNode *bs) GS
+{
+    GS_CODE();
+    if (bs->drv->quiesce_barrier_end) {
+        bs->drv->quiesce_barrier_end(bs);
+    }
+    if (atomic_fetch_sub(&bs->quiesce_counter, 1) <= 0) {
+        abort();
+    }
+}
+
 void bdrv_parent_quiesce_begin_one(BlockChild *c)
 {
     GS_CODE();
     c->parent_quiesced++;
-    if (c->parent_node) {
+    if (c->parent_node && is_barrier(c->parent_node)) {
+        barrier_begin(c->parent_node);
+    } else if (c->parent_node) {
         quiesce_up(c->parent_node);
     } else if (c->klass && c->klass->quiesce_begin) {
         c->klass->quiesce_begin(c);
@@ -112,7 +159,9 @@ void bdrv_parent_quiesce_end_one(BlockChild *c)
         abort();
     }
     c->parent_quiesced--;
-    if (c->parent_node) {
+    if (c->parent_node && is_barrier(c->parent_node)) {
+        barrier_end(c->parent_node);
+    } else if (c->parent_node) {
         unquiesce_up(c->parent_node);
     } else if (c->klass && c->klass->quiesce_end) {
         c->klass->quiesce_end(c);
@@ -129,15 +178,27 @@ static void unquiesce_up(BlockNode *bs)
     }
 }
 
+/* True while barrier bs has requests it sent below that have not
+ * completed.  Thread-safe read. */
+static bool barrier_busy(BlockNode *bs)
+{
+    return bs->drv->in_flight_below && bs->drv->in_flight_below(bs) > 0;
+}
+
 /* True while bs, a node above it, or a backend above it has requests in
- * flight.  Runs in the main thread (the waiter is GS). */
+ * flight; above a barrier only what the barrier sent below counts.  Runs in
+ * the main thread (the waiter is GS). */
 static bool busy_up(BlockNode *bs) GRAPH_RDLOCK
 {
     if (atomic_load(&bs->in_flight) > 0) {
         return true;
     }
     for (BlockChild *c = bs->parents; c; c = c->next_parent) {
-        if (c->parent_node) {
+        if (c->parent_node && is_barrier(c->parent_node)) {
+            if (barrier_busy(c->parent_node)) {
+                return true;
+            }
+        } else if (c->parent_node) {
             if (busy_up(c->parent_node)) {
                 return true;
             }

@@ -5,6 +5,7 @@
  *   diskstack snapshot create|delete|list ...
  *   diskstack backing set NODE BACKING|none
  *   diskstack export add|del ...
+ *   diskstack throttle set|show NODE|GROUP [--iops-total N] [--bps-read B] ...
  *   diskstack qmp '<json>' | NAME [ARGS-JSON]
  *
  * Each verb is one function that sends QEMU's commands (so the verbs work
@@ -37,6 +38,7 @@
 #include "cli/cli.h"
 #include "cli/client.h"
 #include "cli/qmp-client.h"
+#include "options.h"
 
 /* Seconds `export del` waits for the export to finish going away. */
 #define EXPORT_DEL_TIMEOUT_S 60
@@ -60,7 +62,37 @@ enum {
     ACCEPT_INTERNAL = 1 << 3,    /* --internal */
     ACCEPT_WRITABLE = 1 << 4,    /* --writable */
     ACCEPT_IOTHREAD = 1 << 5,    /* --iothread X (repeatable) */
+    ACCEPT_LIMITS = 1 << 6,      /* --iops-total N, --bps-read B, ... */
 };
+
+/*
+ * QEMU's ThrottleLimits keys, in the order `throttle show` prints them:
+ * X(name, type).  Each is also a `throttle set --NAME VALUE` option.
+ */
+#define THROTTLE_LIMITS(X) \
+    X("iops-total", OPT_INT) X("iops-total-max", OPT_INT) \
+    X("iops-total-max-length", OPT_INT) \
+    X("iops-read", OPT_INT) X("iops-read-max", OPT_INT) \
+    X("iops-read-max-length", OPT_INT) \
+    X("iops-write", OPT_INT) X("iops-write-max", OPT_INT) \
+    X("iops-write-max-length", OPT_INT) \
+    X("bps-total", OPT_SIZE) X("bps-total-max", OPT_SIZE) \
+    X("bps-total-max-length", OPT_INT) \
+    X("bps-read", OPT_SIZE) X("bps-read-max", OPT_SIZE) \
+    X("bps-read-max-length", OPT_INT) \
+    X("bps-write", OPT_SIZE) X("bps-write-max", OPT_SIZE) \
+    X("bps-write-max-length", OPT_INT) \
+    X("iops-size", OPT_SIZE)
+
+#define LIMIT_DESC(n, t) { .name = n, .type = t },
+const BlockOptionDesc throttle_limit_options[] = {
+    THROTTLE_LIMITS(LIMIT_DESC)
+    { .name = NULL },
+};
+
+/* getopt codes of the limit options: OPT_LIMIT + index in the table */
+#define OPT_LIMIT 1000
+#define N_LIMITS ((int)ARRAY_SIZE(throttle_limit_options) - 1)
 
 typedef struct ClientArgs ClientArgs;
 
@@ -88,6 +120,7 @@ struct ClientArgs {
     bool writable;
     const char **iothreads;
     int n_iothreads;
+    json_t *limits;         /* --iops-total N ...: a ThrottleLimits object */
     char **args;            /* the positional arguments */
     int n_args;
 };
@@ -112,7 +145,7 @@ static bool verb_accepts(const Verb *v, int c)
     case 'i': return v->accepts & ACCEPT_INTERNAL;
     case 'w': return v->accepts & ACCEPT_WRITABLE;
     case 'I': return v->accepts & ACCEPT_IOTHREAD;
-    default: return true;
+    default: return c < OPT_LIMIT || (v->accepts & ACCEPT_LIMITS);
     }
 }
 
@@ -137,11 +170,45 @@ static bool take_option(ClientArgs *a, int c)
     }
 }
 
+/* Pure: a limit option's value into a->limits: a count, or for the bps
+ * limits and iops-size a size with a k/M/G suffix.  Prints the usage error
+ * and returns false on junk. */
+static bool take_limit(ClientArgs *a, int c)
+{
+    const BlockOptionDesc *d = &throttle_limit_options[c - OPT_LIMIT];
+    uint64_t v;
+    char *end;
+
+    if (d->type == OPT_SIZE) {
+        if (!parse_size(optarg, &v) || v > INT64_MAX) {
+            cli_usage_error(a->verb->name, "--%s expects a size (e.g. 10M), "
+                            "not '%s'", d->name, optarg);
+            return false;
+        }
+    } else {
+        v = strtoull(optarg, &end, 10);
+        if (end == optarg || *end || optarg[0] == '-') {
+            cli_usage_error(a->verb->name, "--%s expects a number, not '%s'",
+                            d->name, optarg);
+            return false;
+        }
+    }
+    if (!a->limits) {
+        a->limits = json_object();
+    }
+    json_object_set_new(a->limits, d->name, json_integer((json_int_t)v));
+    return true;
+}
+
+#define LIMIT_LONGOPT(n, t) { n, required_argument, NULL, 0 },
+static const struct option limit_longopts[] = { THROTTLE_LIMITS(LIMIT_LONGOPT) };
+
 /* Parses a verb's command line (argv[0] is the verb's last word); returns -1
  * to go on, else the exit code. */
 static int parse_client_args(const Verb *v, int argc, char **argv, ClientArgs *a)
 {
-    static const struct option longopts[] = {
+    enum { N_COMMON = 9 };
+    static struct option longopts[N_COMMON + ARRAY_SIZE(limit_longopts) + 1] = {
         { "socket", required_argument, NULL, 'S' },
         { "json", no_argument, NULL, 'j' },
         { "file", required_argument, NULL, 'F' },
@@ -151,10 +218,14 @@ static int parse_client_args(const Verb *v, int argc, char **argv, ClientArgs *a
         { "writable", no_argument, NULL, 'w' },
         { "iothread", required_argument, NULL, 'I' },
         { "help", no_argument, NULL, 'h' },
-        { NULL, 0, NULL, 0 },
     };
     int c, idx = -1;
 
+    /* the limit options after the common ones, numbered from OPT_LIMIT */
+    for (int i = 0; i < N_LIMITS; i++) {
+        longopts[N_COMMON + i] = limit_longopts[i];
+        longopts[N_COMMON + i].val = OPT_LIMIT + i;
+    }
     a->verb = v;
     optind = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, &idx)) != -1) {
@@ -167,7 +238,11 @@ static int parse_client_args(const Verb *v, int argc, char **argv, ClientArgs *a
                             longopts[idx].name);
             return EXIT_USAGE;
         }
-        if (!take_option(a, c)) {
+        if (c >= OPT_LIMIT) {
+            if (!take_limit(a, c)) {
+                return EXIT_USAGE;
+            }
+        } else if (!take_option(a, c)) {
             cli_bad_option(v->name, argv, optopt, c == ':');
             return EXIT_USAGE;
         }
@@ -210,6 +285,7 @@ static int run_verb(const Verb *v, int argc, char **argv)
 
     if (ret >= 0) {
         free(a.iothreads);
+        json_decref(a.limits);
         return ret;
     }
     if (qmp_conn_open(&c, chosen_socket(&a), &err) == 0 && v->run(&c, &a, &err) == 0) {
@@ -220,6 +296,7 @@ static int run_verb(const Verb *v, int argc, char **argv)
     }
     qmp_conn_close(&c);
     free(a.iothreads);
+    json_decref(a.limits);
     return ret;
 }
 
@@ -970,6 +1047,197 @@ static int verb_export_del(QmpConn *c, const ClientArgs *a, Error **errp)
     return print_done(a, ret, "export '%s' removed", a->args[0]);
 }
 
+/* ---------------------------------------------------------------- throttle */
+
+/* The throttle group of a query-named-block-nodes entry (malloc'ed), or
+ * NULL when it is not a throttle node.  diskstack reports it as
+ * "throttle-group"; QEMU only inside the node's "json:{...}" filename. */
+static char *node_throttle_group(json_t *node)
+{
+    const char *file = json_string_value(json_object_get(node, "file"));
+    const char *tg = json_string_value(json_object_get(node, "throttle-group"));
+    json_t *def = NULL;
+    char *out = NULL;
+
+    if (!tg && file && !strncmp(file, "json:", 5) &&
+        !strcmp(str_or_dash(node, "drv"), "throttle")) {
+        def = json_loads(file + 5, 0, NULL);
+        tg = json_string_value(json_object_get(def, "throttle-group"));
+    }
+    out = tg ? strdup(tg) : NULL;
+    json_decref(def);
+    return out;
+}
+
+/* The group of the one throttle node right above node name (mount's
+ * "throttle" above "disk"), malloc'ed; NULL when there is none, or with
+ * *errp when there are several. */
+static char *throttle_parent_group(const Graph *g, const char *name, Error **errp)
+{
+    char *group = NULL, *tg;
+
+    for (int i = 0; i < g->n_edges; i++) {
+        json_t *parent = find_node(g->nodes, g->edges[i].parent);
+        if (strcmp(g->edges[i].child, name) || !parent ||
+            !(tg = node_throttle_group(parent))) {
+            continue;
+        }
+        if (group) {
+            error_setg(errp, "node '%s' has several throttle nodes above it; "
+                       "name one of them or its group", name);
+            free(group);
+            free(tg);
+            return NULL;
+        }
+        group = tg;
+    }
+    return group;
+}
+
+/* The throttle group that NAME means (malloc'ed): the group with that id,
+ * else the group of the throttle node NAME, else that of the one throttle
+ * node above node NAME.  NULL with *errp. */
+static char *throttle_group_named(QmpConn *c, const char *name, Error **errp)
+{
+    Graph g = { 0 };
+    Error *local = NULL;
+    json_t *limits, *node;
+    char *group = NULL;
+
+    limits = qmp_conn_execute(c, "qom-get", json_pack("{s:s,s:s}", "path", name,
+                              "property", "limits"), NULL);
+    if (limits) {
+        json_decref(limits);
+        return strdup(name);
+    }
+    if (load_graph(c, &g, errp) < 0) {
+        free_graph(&g);
+        return NULL;
+    }
+    node = find_node(g.nodes, name);
+    if (!node) {
+        error_setg(errp, "there is no throttle group or node called '%s'", name);
+    } else if (!(group = node_throttle_group(node)) &&
+               !(group = throttle_parent_group(&g, name, &local))) {
+        if (local) {
+            error_propagate(errp, local);
+        } else {
+            error_setg(errp, "node '%s' is not a throttle node (driver %s) and "
+                       "has none above it", name, str_or_dash(node, "drv"));
+        }
+    }
+    free_graph(&g);
+    return group;
+}
+
+/* Pure: one limit for the table: "100/s", "10 MiB/s", or "-" when unset. */
+static const char *limit_cell(json_t *limits, const char *key, bool bytes,
+                              char *buf, size_t len)
+{
+    json_t *v = json_object_get(limits, key);
+    char size[32];
+
+    if (json_integer_value(v) <= 0) {
+        return "-";
+    }
+    if (bytes) {
+        snprintf(buf, len, "%s/s", human_size(v, size, sizeof(size)));
+    } else {
+        snprintf(buf, len, "%lld/s", (long long)json_integer_value(v));
+    }
+    return buf;
+}
+
+/* Pure: a burst's length, "-" when there is no burst. */
+static const char *burst_length_cell(json_t *limits, const char *base,
+                                     char *buf, size_t len)
+{
+    char key[64];
+
+    snprintf(key, sizeof(key), "%s-max", base);
+    if (json_integer_value(json_object_get(limits, key)) <= 0) {
+        return "-";
+    }
+    snprintf(key, sizeof(key), "%s-max-length", base);
+    snprintf(buf, len, "%llds",
+             (long long)json_integer_value(json_object_get(limits, key)));
+    return buf;
+}
+
+static void print_limits(const char *group, json_t *limits)
+{
+    static const char *const bases[] = {
+        "iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write",
+    };
+    Table t = { .ncols = 4 };
+    char rate[48], burst[48], length[32], key[64], size[32];
+
+    printf("throttle group '%s'\n", group);
+    table_add(&t, (const char *[]){ "LIMIT", "RATE", "BURST", "BURST-LENGTH" });
+    for (size_t i = 0; i < ARRAY_SIZE(bases); i++) {
+        bool bytes = bases[i][0] == 'b';
+        snprintf(key, sizeof(key), "%s-max", bases[i]);
+        table_add(&t, (const char *[]){ bases[i],
+            limit_cell(limits, bases[i], bytes, rate, sizeof(rate)),
+            limit_cell(limits, key, bytes, burst, sizeof(burst)),
+            burst_length_cell(limits, bases[i], length, sizeof(length)) });
+    }
+    table_print(&t);
+    printf("iops-size: %s\n",
+           json_integer_value(json_object_get(limits, "iops-size")) > 0
+           ? human_size(json_object_get(limits, "iops-size"), size, sizeof(size))
+           : "- (every request is one operation)");
+}
+
+static int verb_throttle_show(QmpConn *c, const ClientArgs *a, Error **errp)
+{
+    char *group = throttle_group_named(c, a->args[0], errp);
+    json_t *limits = NULL;
+
+    if (group) {
+        limits = qmp_conn_execute(c, "qom-get", json_pack("{s:s,s:s}", "path",
+                                  group, "property", "limits"), errp);
+    }
+    if (limits && a->json) {
+        print_json(limits);
+    } else if (limits) {
+        print_limits(group, limits);
+    }
+    json_decref(limits);
+    free(group);
+    return limits ? 0 : -1;
+}
+
+/* Verb.check: setting nothing is a mistake. */
+static bool check_throttle_set(const ClientArgs *a)
+{
+    if (!a->limits) {
+        cli_usage_error("throttle set", "expects at least one limit, "
+                        "e.g. --iops-total 100 or --bps-total 10M");
+        return false;
+    }
+    return true;
+}
+
+/* qom-set changes only the limits it names; the daemon validates the
+ * result as a whole (total with read/write, -max below its base, ...). */
+static int verb_throttle_set(QmpConn *c, const ClientArgs *a, Error **errp)
+{
+    char *group = throttle_group_named(c, a->args[0], errp);
+    json_t *ret = NULL;
+
+    if (group) {
+        ret = qmp_conn_execute(c, "qom-set", json_pack("{s:s,s:s,s:O}", "path",
+                               group, "property", "limits", "value", a->limits),
+                               errp);
+    }
+    if (ret) {
+        print_done(a, ret, "throttle group '%s': limits changed", group);
+    }
+    free(group);
+    return ret ? 0 : -1;
+}
+
 /* ---------------------------------------------------------------- qmp */
 
 /* The message for `qmp TEXT [ARGS]`: a whole {"execute": ...} object, or a
@@ -1103,6 +1371,27 @@ static const Verb export_verbs[] = {
     { NULL },
 };
 
+static const Verb throttle_verbs[] = {
+    { "throttle set", "NODE|GROUP [--iops-total N] [--bps-read B] ...",
+      "Change the limits of the throttle group GROUP, or of the group of the\n"
+      "throttle node NODE (or of the one throttle node above NODE) with\n"
+      "qom-set of the group's \"limits\".  Limits not given keep their values,\n"
+      "0 removes one.  Limit options (bps-* and --iops-size take sizes such\n"
+      "as 10M; -max is a burst rate, -max-length its seconds):\n"
+      "  --iops-total N  --iops-read N  --iops-write N\n"
+      "  --bps-total B   --bps-read B   --bps-write B\n"
+      "  --iops-total-max N, --bps-read-max B, ... (any of the six)\n"
+      "  --iops-total-max-length S, ... (any of the six)\n"
+      "  --iops-size B   a larger request counts as one op per B bytes\n",
+      ACCEPT_LIMITS, 1, 1, check_throttle_set, verb_throttle_set },
+    { "throttle show", "NODE|GROUP",
+      "Show the limits of the throttle group GROUP, or of the group of the\n"
+      "throttle node NODE (or of the one throttle node above NODE): qom-get\n"
+      "of the group's \"limits\", as a table or with --json as it is.\n",
+      0, 1, 1, NULL, verb_throttle_show },
+    { NULL },
+};
+
 static const Verb qmp_verb = {
     "qmp", "'{\"execute\": NAME, \"arguments\": {...}}' | NAME [ARGS-JSON]",
     "Send one QMP command and print the whole reply.  Exit 1 if it is an\n"
@@ -1137,6 +1426,11 @@ int cmd_backing(int argc, char **argv)
 int cmd_export(int argc, char **argv)
 {
     return run_sub_verb("export", export_verbs, argc, argv);
+}
+
+int cmd_throttle(int argc, char **argv)
+{
+    return run_sub_verb("throttle", throttle_verbs, argc, argv);
 }
 
 int cmd_qmp(int argc, char **argv)

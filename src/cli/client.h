@@ -1,7 +1,7 @@
 /*
  * client.h — the diskstack client verbs (graph, nodes, exports, snapshot,
- * backing, export, qmp) and the runtime directory where the daemons put
- * their default QMP sockets.
+ * backing, export, throttle, qmp) and the runtime directory where the
+ * daemons put their default QMP sockets.
  *
  * The verbs talk QMP over a unix socket to `diskstack serve`, `diskstack
  * mount` or qemu-storage-daemon; they never touch the block layer of their
@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include "block-common.h"
+#include "driver.h"
 
 /*
  * The directory holding the daemons' default sockets:
@@ -41,5 +42,17 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_backing(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_qmp(int argc, char **argv);
+/* `throttle set|show NODE|GROUP`: a throttle group's limits (qom-set /
+ * qom-get of its "limits"). */
+int cmd_throttle(int argc, char **argv);
+
+/*
+ * QEMU's ThrottleLimits keys as an option table, for the command lines that
+ * take limits as key=value (mount --throttle, serve --object
+ * throttle-group,limits.KEY=...): iops-* are integers, bps-* and iops-size
+ * sizes (k/M/G suffixes), *-max-length seconds.  Coercion only: the limits'
+ * rules are throttle_config_parse()'s.
+ */
+extern const BlockOptionDesc throttle_limit_options[];
 
 #endif

@@ -34,6 +34,7 @@ static const Command commands[] = {
     { "snapshot", cmd_snapshot, "snapshot create|delete|list: external and internal" },
     { "backing", cmd_backing, "backing set NODE BACKING|none: change a backing node" },
     { "export", cmd_export, "export add|del: add or remove a FUSE export" },
+    { "throttle", cmd_throttle, "throttle set|show: a throttle group's limits" },
     { "qmp", cmd_qmp, "send one raw QMP command and print the reply" },
 };
 

@@ -10,6 +10,14 @@
  * start-up) lets the client verbs steer the mounted image: node "disk",
  * export "mount".
  *
+ * --throttle iops-total=N,bps-total=10M,... (QEMU's ThrottleLimits keys,
+ * sizes with k/M/G suffixes) creates the throttle group "mount-throttle"
+ * with those limits and puts the throttle node "throttle" between the
+ * export and "disk"; `diskstack throttle set throttle --iops-total N`
+ * changes them while mounted.  The limits are checked before anything is
+ * opened: a key or value that does not parse is a usage error (exit 2),
+ * limits that do not fit together (QEMU's rules) an error (exit 1).
+ *
  * Without -f the format is probed: a read-only `file` node is opened on its
  * own, its first bytes are read through the graph and given to
  * bdrv_probe_format().  When that answers raw, the raw node is marked
@@ -42,11 +50,14 @@
 #include "cli/cli.h"
 #include "driver.h"   /* before export.h: its option table needs the type */
 #include "fuse/export.h"
+#include "filters/throttle.h"
 #include "options.h"
 #include "qmp/server.h"
 #include "cli/client.h"
 
 #define PROBE_NODE "probe"      /* the file node that probing opens alone */
+#define THROTTLE_GROUP "mount-throttle"   /* --throttle's group ... */
+#define THROTTLE_NODE "throttle"          /* ... and node above "disk" */
 #define MAX_IOTHREADS 1024
 
 typedef struct MountArgs {
@@ -61,6 +72,7 @@ typedef struct MountArgs {
     bool created_file;       /* we created FILE, so we remove it */
     const char *qmp_path;    /* --qmp: the control socket */
     char *qmp_default;       /* without --qmp: in the runtime dir */
+    json_t *throttle;        /* --throttle: ThrottleLimits, or NULL */
 } MountArgs;
 
 static void print_mount_help(void)
@@ -79,6 +91,11 @@ static void print_mount_help(void)
            "      --allow-other  let other users access FILE (needs root or\n"
            "                     user_allow_other in /etc/fuse.conf)\n"
            "      --growable     writes past the end and truncate grow the image\n"
+           "      --throttle=LIMITS  cap the file's I/O: LIMITS is\n"
+           "                     iops-total=N,bps-total=10M,... (QEMU's throttle\n"
+           "                     limits: iops-/bps- total, read, write, each with\n"
+           "                     -max and -max-length, and iops-size); the group\n"
+           "                     is 'mount-throttle', the node 'throttle'\n"
            "      --qmp=SOCKET   accept QMP commands on the unix socket SOCKET\n"
            "                     (node 'disk', export 'mount'); default:\n"
            "                     <runtime dir>/mount-PID.qmp, see diskstack(1)\n"
@@ -252,15 +269,16 @@ static BlockNode *coroutine_fn open_disk(const MountArgs *a, const char *fmt,
     return bs;
 }
 
-/* GS: exports node "disk" at the mountpoint. */
-static BlockExport *coroutine_fn add_export(const MountArgs *a, Error **errp) GS
+/* GS: exports node (the disk or the throttle above it) at the mountpoint. */
+static BlockExport *coroutine_fn add_export(const MountArgs *a, const char *node,
+                                            Error **errp) GS
 {
     BlockExport *exp = NULL;
     json_t *def;
 
     GS_CODE();
     def = json_pack("{s:s, s:s, s:s, s:s, s:b, s:b, s:s}",
-                    "type", "fuse", "id", "mount", "node-name", "disk",
+                    "type", "fuse", "id", "mount", "node-name", node,
                     "mountpoint", a->mountpoint, "writable", !a->read_only,
                     "growable", a->growable,
                     "allow-other", a->allow_other ? "on" : "auto");
@@ -269,6 +287,30 @@ static BlockExport *coroutine_fn add_export(const MountArgs *a, Error **errp) GS
     }
     json_decref(def);
     return exp;
+}
+
+/* GS: the throttle group and node of --throttle above "disk"; the name of
+ * the node to export. */
+static const char *coroutine_fn add_throttle(const MountArgs *a, Error **errp) GS
+{
+    BlockNode *bs = NULL;
+    json_t *def;
+
+    GS_CODE();
+    if (!a->throttle) {
+        return "disk";
+    }
+    if (throttle_group_create(THROTTLE_GROUP, a->throttle, errp) < 0) {
+        return NULL;
+    }
+    def = json_pack("{s:s, s:s, s:s, s:s, s:b}", "driver", "throttle",
+                    "node-name", THROTTLE_NODE, "throttle-group", THROTTLE_GROUP,
+                    "file", "disk", "read-only", a->read_only);
+    if (blockdev_def_check(def, false, errp) == 0) {
+        bs = bdrv_co_open_blockdev(def, errp);
+    }
+    json_decref(def);
+    return bs ? THROTTLE_NODE : NULL;
 }
 
 /* Main loop (GS): FILE was unmounted underneath us: that is how a user
@@ -314,7 +356,7 @@ static void mount_stop(void *opaque) GS
 static int coroutine_fn mount_start(void *opaque, Error **errp) GS
 {
     MountArgs *a = opaque;
-    const char *fmt = a->format;
+    const char *fmt = a->format, *top;
     BlockNode *bs;
     BlockExport *exp;
 
@@ -328,7 +370,11 @@ static int coroutine_fn mount_start(void *opaque, Error **errp) GS
     }
     /* Set before the export exists, so before any write can arrive. */
     bs->probed = !a->format && !strcmp(fmt, "raw");
-    exp = add_export(a, errp);
+    top = add_throttle(a, errp);
+    if (!top) {
+        return -1;
+    }
+    exp = add_export(a, top, errp);
     if (!exp) {
         return -1;
     }
@@ -343,10 +389,40 @@ static int coroutine_fn mount_start(void *opaque, Error **errp) GS
     return 0;
 }
 
+/*
+ * --throttle LIMITS into a->throttle: key=value coerced against
+ * throttle_limit_options (a bad key or value: usage error, exit 2), then
+ * checked with QEMU's rules by the bucket code (exit 1).  Returns -1 to
+ * continue, else the exit code.
+ */
+static int parse_throttle(MountArgs *a, const char *text)
+{
+    Error *err = NULL;
+    ThrottleConfig cfg;
+    json_t *limits = keyval_parse(text, &err);
+
+    if (!limits || opts_check(limits, throttle_limit_options, true, &err) < 0) {
+        cli_usage_error("mount", "--throttle %s: %s", text, error_get_pretty(err));
+        error_free(err);
+        json_decref(limits);
+        return EXIT_USAGE;
+    }
+    if (throttle_config_parse(limits, NULL, &cfg, &err) < 0) {
+        error_prepend(&err, "--throttle %s: ", text);
+        cli_report_error(err);
+        json_decref(limits);
+        return EXIT_ERROR;
+    }
+    json_decref(a->throttle);
+    a->throttle = limits;
+    return -1;
+}
+
 /* Parses the options; returns -1 to continue, else the exit code. */
 static int parse_mount_args(int argc, char **argv, MountArgs *a)
 {
-    enum { OPT_IOTHREADS = 256, OPT_ALLOW_OTHER, OPT_GROWABLE, OPT_QMP };
+    enum { OPT_IOTHREADS = 256, OPT_ALLOW_OTHER, OPT_GROWABLE, OPT_QMP,
+           OPT_THROTTLE };
     static const struct option longopts[] = {
         { "format", required_argument, NULL, 'f' },
         { "read-only", no_argument, NULL, 'r' },
@@ -354,10 +430,11 @@ static int parse_mount_args(int argc, char **argv, MountArgs *a)
         { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER },
         { "growable", no_argument, NULL, OPT_GROWABLE },
         { "qmp", required_argument, NULL, OPT_QMP },
+        { "throttle", required_argument, NULL, OPT_THROTTLE },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
-    int c;
+    int c, ret;
 
     a->iothreads = cli_default_iothreads();
     while ((c = getopt_long(argc, argv, ":f:rh", longopts, NULL)) != -1) {
@@ -367,6 +444,11 @@ static int parse_mount_args(int argc, char **argv, MountArgs *a)
         case OPT_ALLOW_OTHER: a->allow_other = true; break;
         case OPT_GROWABLE: a->growable = true; break;
         case OPT_QMP: a->qmp_path = optarg; break;
+        case OPT_THROTTLE:
+            if ((ret = parse_throttle(a, optarg)) >= 0) {
+                return ret;
+            }
+            break;
         case OPT_IOTHREADS:
             if (!cli_parse_count("mount", "--iothreads", optarg,
                                  MAX_IOTHREADS, &a->iothreads)) {
@@ -402,6 +484,7 @@ int cmd_mount(int argc, char **argv)
     int ret = parse_mount_args(argc, argv, &a);
 
     if (ret >= 0) {
+        json_decref(a.throttle);
         return ret;
     }
     if (!check_image(&a, &image_st) || !check_dev_fuse() ||
@@ -409,6 +492,7 @@ int cmd_mount(int argc, char **argv)
         if (a.created_file) {
             unlink(a.file);
         }
+        json_decref(a.throttle);
         return EXIT_ERROR;
     }
     config.n_iothreads = a.iothreads;
@@ -422,5 +506,6 @@ int cmd_mount(int argc, char **argv)
                 a.file, strerror(errno));
     }
     free(a.qmp_default);
+    json_decref(a.throttle);
     return ret;
 }

@@ -9,9 +9,15 @@
  * to the types of the option tables, so `cache.direct=on` and
  * {"cache": {"direct": true}} are the same definition.
  *
- * Order: --object IOThreads exist before anything else; then the
- * --blockdev nodes in command-line order (later ones may name earlier ones
- * as children); then the exports.  Any failure is one line and exit 1.
+ * Order: --object IOThreads exist before anything else; then the --object
+ * throttle groups (through QMP object-add itself, so both mean the same);
+ * then the --blockdev nodes in command-line order (later ones may name
+ * earlier ones as children, throttle nodes their group); then the exports.
+ * Any failure is one line and exit 1.
+ *
+ * --object throttle-group,id=g0,limits.iops-total=100,limits.bps-read=10M
+ * takes the limits dotted (sizes with suffixes) or as JSON, and QEMU's
+ * legacy x-iops-total=100 keys.
  *
  * The QMP socket is --qmp SOCKET, or <runtime dir>/serve-<pid>.qmp (client.h)
  * when none is given; either way its path is printed once it listens.
@@ -49,7 +55,9 @@ typedef struct ServeArgs {
     const char **exports;
     int n_exports;
     const char **iothread_ids;   /* from --object iothread */
-    json_t **objects;
+    int n_iothread_ids;
+    json_t **objects;            /* every --object, checked */
+    const char **object_texts;   /* ... as given, for messages */
     int n_objects;
     int iothreads;               /* -1: default */
     const char *pidfile;
@@ -73,6 +81,35 @@ static const BlockOptionDesc iothread_object_options[] = {
     { .name = NULL },
 };
 
+/* What --object qom-type=throttle-group accepts: the limits as
+ * limits.KEY or QEMU's legacy x-KEY, for every key of
+ * throttle_limit_options (client.c).  Built once (main thread, parsing). */
+static const BlockOptionDesc *throttle_group_object_options(void)
+{
+    enum { N = 64 };
+    static BlockOptionDesc table[3 + 2 * N];
+    static char names[2 * N][64];
+    int n = 0;
+
+    if (table[0].name) {
+        return table;
+    }
+    table[n++] = (BlockOptionDesc){ .name = "qom-type", .type = OPT_STRING,
+                                    .required = true };
+    table[n++] = (BlockOptionDesc){ .name = "id", .type = OPT_STRING,
+                                    .required = true };
+    for (int i = 0; i < N && throttle_limit_options[i].name; i++) {
+        for (int legacy = 0; legacy < 2; legacy++) {
+            char *name = names[2 * i + legacy];
+            snprintf(name, sizeof(names[0]), "%s%s", legacy ? "x-" : "limits.",
+                     throttle_limit_options[i].name);
+            table[n++] = (BlockOptionDesc){ .name = name,
+                                            .type = throttle_limit_options[i].type };
+        }
+    }
+    return table;
+}
+
 static void print_serve_help(void)
 {
     printf("Usage: diskstack serve [OPTION]...\n"
@@ -86,7 +123,8 @@ static void print_serve_help(void)
            "                   later node may use an earlier one as a child\n"
            "  --export DEF     add an export (as QMP block-export-add), e.g.\n"
            "                   type=fuse,id=e0,node-name=disk,mountpoint=F,writable=on\n"
-           "  --object DEF     add an object; supported: qom-type=iothread,id=NAME\n"
+           "  --object DEF     add an object (as QMP object-add): iothread,id=NAME\n"
+           "                   or throttle-group,id=G,limits.iops-total=N,...\n"
            "  --iothreads N    create N IOThreads (default: one per CPU, or none\n"
            "                   besides the --object ones when those are given)\n"
            "  --pidfile FILE   write the process id to FILE once every export\n"
@@ -113,6 +151,12 @@ static char *object_with_implied_type(const char *text)
     return out;
 }
 
+static bool object_is_iothread(json_t *obj)
+{
+    return !strcmp(json_string_value(json_object_get(obj, "qom-type")) ?: "",
+                   "iothread");
+}
+
 /* Pure: parses and checks one --object definition.  Prints one line and
  * returns NULL on error. */
 static json_t *parse_object(const char *text)
@@ -130,13 +174,15 @@ static json_t *parse_object(const char *text)
         return NULL;
     }
     type = json_string_value(json_object_get(obj, "qom-type"));
-    if (type && strcmp(type, "iothread")) {
+    if (type && strcmp(type, "iothread") && strcmp(type, "throttle-group")) {
         error_report("--object %s: Object type '%s' is not supported yet",
                      text, type);
         json_decref(obj);
         return NULL;
     }
-    if (opts_check(obj, iothread_object_options, !defn_is_json(text), &err) < 0) {
+    if (opts_check(obj, object_is_iothread(obj) ? iothread_object_options
+                                                 : throttle_group_object_options(),
+                   !defn_is_json(text), &err) < 0) {
         error_prepend(&err, "--object %s: ", text);
         cli_report_error(err);
         json_decref(obj);
@@ -160,10 +206,14 @@ static bool add_object(ServeArgs *s, const char *text)
     }
     s->objects = realloc(s->objects, (s->n_objects + 1) * sizeof(*s->objects));
     s->objects[s->n_objects] = obj;
-    s->iothread_ids = realloc(s->iothread_ids,
-                              (s->n_objects + 1) * sizeof(*s->iothread_ids));
-    s->iothread_ids[s->n_objects] = json_string_value(json_object_get(obj, "id"));
-    s->n_objects++;
+    s->object_texts = realloc(s->object_texts,
+                              (s->n_objects + 1) * sizeof(*s->object_texts));
+    s->object_texts[s->n_objects++] = text;
+    if (object_is_iothread(obj)) {
+        /* the daemon creates these before start() */
+        append(&s->iothread_ids, &s->n_iothread_ids,
+               json_string_value(json_object_get(obj, "id")));
+    }
     return true;
 }
 
@@ -173,10 +223,33 @@ static void free_serve_args(ServeArgs *s)
         json_decref(s->objects[i]);
     }
     free(s->objects);
+    free(s->object_texts);
     free(s->iothread_ids);
     free(s->blockdevs);
     free(s->exports);
     free(s->qmp_default);
+}
+
+/* GS: the --object throttle groups, as QMP object-add would create them.
+ * key=value gave a nested "limits" object already (limits.KEY). */
+static int coroutine_fn add_throttle_groups(ServeArgs *s, Error **errp) GS
+{
+    const QmpCommand *object_add = qmp_find_command("object-add");
+
+    GS_CODE();
+    for (int i = 0; i < s->n_objects; i++) {
+        json_t *ret;
+        if (object_is_iothread(s->objects[i])) {
+            continue;
+        }
+        ret = qmp_dispatch(object_add, s->objects[i], errp);
+        if (!ret) {
+            error_prepend(errp, "--object %s: ", s->object_texts[i]);
+            return -1;
+        }
+        json_decref(ret);
+    }
+    return 0;
 }
 
 /* GS: one --blockdev: parse, check (coercing key=value strings only), open. */
@@ -259,6 +332,9 @@ static int coroutine_fn serve_start(void *opaque, Error **errp) GS
     ServeArgs *s = opaque;
 
     GS_CODE();
+    if (add_throttle_groups(s, errp) < 0) {
+        return -1;
+    }
     for (int i = 0; i < s->n_blockdevs; i++) {
         if (open_blockdev(s->blockdevs[i], errp) < 0) {
             return -1;
@@ -356,7 +432,7 @@ static int parse_serve_args(int argc, char **argv, ServeArgs *s)
         return EXIT_USAGE;
     }
     if (s->iothreads < 0) {
-        s->iothreads = s->n_objects ? 0 : cli_default_iothreads();
+        s->iothreads = s->n_iothread_ids ? 0 : cli_default_iothreads();
     }
     if (s->pidfile && !resolve_pidfile(s)) {
         return EXIT_ERROR;
@@ -373,7 +449,7 @@ int cmd_serve(int argc, char **argv)
     if (ret < 0) {
         config.n_iothreads = s.iothreads;
         config.named_iothreads = s.iothread_ids;
-        config.n_named_iothreads = s.n_objects;
+        config.n_named_iothreads = s.n_iothread_ids;
         config.start = serve_start;
         config.stop = serve_stop;
         config.opaque = &s;

@@ -110,6 +110,12 @@ static json_t *node_info(BlockNode *bs, bool flat) GRAPH_RDLOCK GS
     }
     json_object_set_new(o, "image", node_image_info(bs, flat));
     json_object_set_new(o, "write_threshold", json_integer(0));
+    /* diskstack's addition (QEMU shows it only inside a json: filename):
+     * the group of a throttle node, for `diskstack throttle set NODE` */
+    if (json_is_string(json_object_get(bs->options, "throttle-group"))) {
+        json_object_set(o, "throttle-group",
+                        json_object_get(bs->options, "throttle-group"));
+    }
     json_object_set_new(o, "cache", cache_info(bs));
     return o;
 }

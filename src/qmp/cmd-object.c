@@ -2,14 +2,20 @@
  * cmd-object.c — QMP commands on user-created objects: object-add,
  * object-del, query-iothreads.
  *
- * The only object type so far is "iothread" (throttle-group comes with the
- * throttle filter: add a row to object_types).  An IOThread's poll-max-ns,
+ * Object types: "iothread" and "throttle-group" (add a row to
+ * object_types for another).  An IOThread's poll-max-ns,
  * poll-grow, poll-shrink and aio-max-batch are accepted, validated as QEMU
  * does and reported by query-iothreads, but change nothing: our loops wait
  * in io_uring and never busy-poll (see IOThreadParams in loop.h).
  *
  * object-del refuses an IOThread an export is served by, with QEMU's
  * "is in use" wording; qemu-storage-daemon 7.2 deletes it and crashes later.
+ *
+ * A throttle-group takes its limits as QEMU's ThrottleLimits object
+ * ("limits": {"iops-total": 100, ...}) and, as QEMU still does, as the
+ * legacy top-level "x-iops-total"-style keys; both may be given, and a key
+ * in "limits" wins over its x- twin (qemu-storage-daemon 7.2 does the same).
+ * Validation and the groups themselves are filters/throttle-group.c's.
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -19,6 +25,7 @@
 
 #include "block-gs.h"
 #include "driver.h"   /* before export.h: its option table needs the type */
+#include "filters/throttle.h"
 #include "fuse/export.h"
 #include "loop/loop.h"
 #include "qmp/commands.h"
@@ -112,8 +119,76 @@ static int iothread_del(const char *id, Error **errp) GS
     return 0;
 }
 
+/* ------------------------------------------------------------ throttle-group */
+
+/* The legacy keys are ThrottleLimits' names with "x-" in front. */
+#define LEGACY_LIMIT(name) { "x-" name, ARG_INT, false }
+
+static const QmpArg throttle_group_args[] = {
+    { "qom-type", ARG_STR, true },
+    { "id", ARG_STR, true },
+    { "limits", ARG_OBJECT, false },
+    LEGACY_LIMIT("iops-total"), LEGACY_LIMIT("iops-total-max"),
+    LEGACY_LIMIT("iops-total-max-length"),
+    LEGACY_LIMIT("iops-read"), LEGACY_LIMIT("iops-read-max"),
+    LEGACY_LIMIT("iops-read-max-length"),
+    LEGACY_LIMIT("iops-write"), LEGACY_LIMIT("iops-write-max"),
+    LEGACY_LIMIT("iops-write-max-length"),
+    LEGACY_LIMIT("bps-total"), LEGACY_LIMIT("bps-total-max"),
+    LEGACY_LIMIT("bps-total-max-length"),
+    LEGACY_LIMIT("bps-read"), LEGACY_LIMIT("bps-read-max"),
+    LEGACY_LIMIT("bps-read-max-length"),
+    LEGACY_LIMIT("bps-write"), LEGACY_LIMIT("bps-write-max"),
+    LEGACY_LIMIT("bps-write-max-length"),
+    LEGACY_LIMIT("iops-size"),
+    { NULL },
+};
+
+/* Pure: one ThrottleLimits object from the checked arguments: the x- keys
+ * first, then "limits" over them (new reference). */
+static json_t *merged_limits(json_t *args)
+{
+    json_t *limits = json_object();
+    const char *key;
+    json_t *val;
+
+    json_object_foreach(args, key, val) {
+        if (!strncmp(key, "x-", 2)) {
+            json_object_set(limits, key + 2, val);
+        }
+    }
+    json_object_update(limits, json_object_get(args, "limits"));
+    return limits;
+}
+
+static int throttle_group_add(const char *id, json_t *args, Error **errp) GS
+{
+    json_t *limits = merged_limits(args);
+    int ret;
+
+    GS_CODE();
+    ret = throttle_group_create(id, limits, errp);
+    json_decref(limits);
+    return ret;
+}
+
+static bool throttle_group_exists(const char *id) GS
+{
+    GS_CODE();
+    return throttle_group_find(id) != NULL;
+}
+
+/* throttle_group_delete refuses a group a throttle node uses. */
+static int throttle_group_del(const char *id, Error **errp) GS
+{
+    GS_CODE();
+    return throttle_group_delete(id, errp);
+}
+
 static const ObjectType object_types[] = {
     { "iothread", iothread_args, iothread_add, iothread_exists, iothread_del },
+    { "throttle-group", throttle_group_args, throttle_group_add,
+      throttle_group_exists, throttle_group_del },
 };
 
 /* ------------------------------------------------------------ commands */
@@ -225,7 +300,7 @@ static const QmpArg id_arg[] = { { "id", ARG_STR, true }, { NULL } };
 
 const QmpCommandDef qmp_object_commands[] = {
     /* arguments depend on qom-type: object_add checks them */
-    { { "object-add", object_add, "create an object (iothread)" }, NULL },
+    { { "object-add", object_add, "create an object (iothread, throttle-group)" }, NULL },
     { { "object-del", object_del, "delete an object nothing uses" }, id_arg },
     { { "query-iothreads", query_iothreads, "the IOThreads" }, no_args },
     { { NULL } },

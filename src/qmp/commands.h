@@ -9,7 +9,8 @@
  *   cmd-node.c      blockdev-add/-del, query-named-block-nodes,
  *                   x-debug-query-block-graph
  *   cmd-export.c    block-export-add/-del, query-block-exports
- *   cmd-object.c    object-add/-del (iothread; throttle-group later)
+ *   cmd-object.c    object-add/-del (iothread, throttle-group)
+ *   cmd-qom.c       qom-get, qom-set (object properties: throttle limits)
  *   cmd-snapshot.c  blockdev-snapshot, -sync, -internal-sync,
  *                   -delete-internal-sync, transaction, block_resize,
  *                   change-backing-file
@@ -56,5 +57,6 @@ extern const QmpCommandDef qmp_export_commands[];
 extern const QmpCommandDef qmp_object_commands[];
 extern const QmpCommandDef qmp_snapshot_commands[];
 extern const QmpCommandDef qmp_reopen_commands[];
+extern const QmpCommandDef qmp_qom_commands[];
 
 #endif
