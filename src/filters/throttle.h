@@ -66,8 +66,8 @@ typedef struct ThrottleConfig {
  */
 int throttle_config_parse(json_t *limits, const ThrottleConfig *base,
                           ThrottleConfig *cfg, Error **errp);
-/* Pure: the limits object, every key present (0 for unset), as qom-get
- * returns it. */
+/* Pure: the limits object, every key present as qom-get returns it in
+ * QEMU (0 for an unset rate, 1 for an unset -max-length). */
 json_t *throttle_config_to_json(const ThrottleConfig *cfg);
 /* Pure: true if any limit is set. */
 bool throttle_config_enabled(const ThrottleConfig *cfg);
