@@ -72,7 +72,7 @@ mount_image() {
         fusermount3 -u "$FILE" 2>/dev/null || umount -l "$FILE" || true
     fi
     say "mounting $IMAGE at $FILE (log: $LOG)"
-    setsid ./build/diskstack mount "$IMAGE" "$FILE" </dev/null >"$LOG" 2>&1 &
+    setsid ./build/diskstack mount --qmp demo.qmp "$IMAGE" "$FILE" </dev/null >"$LOG" 2>&1 &
     local pid=$! waited=0
     # Wait for the mount itself, or for diskstack to give up (10 s at most).
     until is_mounted; do
@@ -99,6 +99,7 @@ demo.img is the disk image's content as a plain file.  Try:
   cmp demo.img demo.raw && echo same        # the writes are in the image
   fallocate --punch-hole -o 8M -l 4M demo.img   # a hole in demo.raw again
   qemu-io -c 'write 0 512' demo.raw         # refused: diskstack holds the lock
+  build/diskstack --socket demo.qmp graph   # the live node graph, over QMP
   fusermount3 -u demo.img                   # unmount: diskstack flushes, exits
 
 See 'man -l man/diskstack.1' and README.md for serve and the definitions.
