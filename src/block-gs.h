@@ -86,6 +86,11 @@ void coroutine_fn bdrv_co_close_all(void) GS;
  */
 int bdrv_child_set_perm(BlockChild *c, uint64_t perm, uint64_t shared,
                         Error **errp) GS;
+/* Tells bs's parents that are not nodes (exports, jobs) that its length
+ * changed, now.  io.c does it after every resize from a bottom half; GS
+ * code that resized a node and answers a client calls it first, so the
+ * answer never overtakes the notification (block_resize). */
+void bdrv_notify_resized(BlockNode *bs) GS;
 /* Recomputes the perms of every edge below bs (after a graph change). */
 int bdrv_refresh_perms(BlockNode *bs, Error **errp) GS;
 /* A name for the user of an edge: "node 'disk'", "export 'e0'", ... */

@@ -773,10 +773,9 @@ int coroutine_fn bdrv_co_block_status(BlockNode *bs, bool want_chain,
  * loop; the node stays counted in flight until then, which keeps it from
  * being closed (closing drains first).
  */
-static void resize_notify_bh(void *opaque)
+void bdrv_notify_resized(BlockNode *bs)
 {
-    BlockNode *bs = opaque;
-    global_lock_assert_held();
+    GS_CODE();
     bdrv_graph_rdlock_main_loop();
     for (BlockChild *c = bs->parents; c; c = c->next_parent) {
         if (!c->parent_node && c->klass && c->klass->resize) {
@@ -784,6 +783,13 @@ static void resize_notify_bh(void *opaque)
         }
     }
     bdrv_graph_rdunlock_main_loop();
+}
+
+static void resize_notify_bh(void *opaque)
+{
+    BlockNode *bs = opaque;
+    global_lock_assert_held();
+    bdrv_notify_resized(bs);
     bdrv_dec_in_flight(bs);
 }
 

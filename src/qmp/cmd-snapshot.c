@@ -846,14 +846,16 @@ static json_t *coroutine_fn block_resize(json_t *args, Error **errp)
         return NULL;
     }
     /* A backend of our own with the resize permission: every other user
-     * of the node must share it.  The parents hear of the new length
-     * through io.c's resize notification. */
+     * of the node must share it. */
     BlockBackend *blk = blk_new("block_resize", BLK_PERM_RESIZE, BLK_PERM_ALL);
     int ret = blk_insert_node(blk, bs, errp);
     if (ret == 0) {
         ret = blk_co_truncate(blk, size, false, errp);
     }
     blk_co_unref(blk);
+    if (ret == 0) {
+        bdrv_notify_resized(bs);   /* before the reply: stat() sees the size */
+    }
     return ret < 0 ? NULL : json_object();
 }
 
