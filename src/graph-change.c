@@ -35,14 +35,13 @@
 
 /* ---- checks ---- */
 
-/* True if target is bs or below it (any edge). */
-static bool node_reaches(BlockNode *bs, BlockNode *target) GRAPH_RDLOCK
+bool bdrv_node_reaches(BlockNode *bs, BlockNode *target)
 {
     if (bs == target) {
         return true;
     }
     for (BlockChild *c = bs->children; c; c = c->next_child) {
-        if (node_reaches(c->node, target)) {
+        if (bdrv_node_reaches(c->node, target)) {
             return true;
         }
     }
@@ -95,7 +94,7 @@ static int check_overlay(BlockNode *overlay, BlockNode *top, Error **errp)
     }
     /* top below overlay: moving top's parents would make overlay its own
      * parent; overlay below top: a loop through the backing edge */
-    if (node_reaches(top, overlay) || node_reaches(overlay, top)) {
+    if (bdrv_node_reaches(top, overlay) || bdrv_node_reaches(overlay, top)) {
         error_setg(errp, "Making '%s' a backing child of '%s' would create "
                    "a cycle", top->node_name, overlay->node_name);
         return -EINVAL;
@@ -194,7 +193,7 @@ static int check_backing(BlockNode *bs, BlockNode *backing, Error **errp)
                    "files", bs->drv->format_name, bs->node_name);
         return -ENOTSUP;
     }
-    if (node_reaches(backing, bs)) {
+    if (bdrv_node_reaches(backing, bs)) {
         error_setg(errp, "Making '%s' a backing child of '%s' would create "
                    "a cycle", backing->node_name, bs->node_name);
         return -EINVAL;

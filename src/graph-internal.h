@@ -35,6 +35,10 @@ typedef struct NodeState {
 
 enum { DETECT_ZEROES_OFF, DETECT_ZEROES_ON, DETECT_ZEROES_UNMAP };
 
+/* Both (graph read lock): true if target is bs itself or below it through
+ * any edge — the loop check of every edge change. */
+bool bdrv_node_reaches(BlockNode *bs, BlockNode *target) GRAPH_RDLOCK;
+
 /* GS: sets the I/O-path options of a node (cache.no-flush, discard,
  * detect-zeroes) from its definition; at open and at reopen commit. */
 void node_apply_io_options(NodeState *ns, json_t *opts);

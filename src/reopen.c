@@ -502,19 +502,6 @@ static void coroutine_fn release_touched(ReopenQueue *q) GS
  * Step 3: prepare
  */
 
-/* Is `target` bs itself or below it? */
-static bool reaches(BlockNode *bs, BlockNode *target) GRAPH_RDLOCK
-{
-    if (bs == target) {
-        return true;
-    }
-    for (BlockChild *c = bs->children; c; c = c->next_child) {
-        if (reaches(c->node, target)) {
-            return true;
-        }
-    }
-    return false;
-}
 
 /* The entries, parents before children (by the graph of the moment). */
 static void compute_order(ReopenQueue *q) GRAPH_RDLOCK GS
@@ -532,7 +519,7 @@ static void compute_order(ReopenQueue *q) GRAPH_RDLOCK GS
             bool has_parent_left = false;
             for (int j = 0; j < q->n && !done[i] && !has_parent_left; j++) {
                 has_parent_left = j != i && !done[j] &&
-                                  reaches(q->e[j]->rs.bs, q->e[i]->rs.bs);
+                                  bdrv_node_reaches(q->e[j]->rs.bs, q->e[i]->rs.bs);
             }
             if (!done[i] && !has_parent_left) {
                 pick = i;
@@ -591,7 +578,7 @@ static int change_file(ReopenEntry *e, Error **errp) GRAPH_WRLOCK GS
     GS_CODE();
     BlockNode *bs = e->rs.bs;
 
-    if (reaches(e->new_file, bs)) {
+    if (bdrv_node_reaches(e->new_file, bs)) {
         cycle_error(errp, e->new_file, "file", bs);
         return -EINVAL;
     }

@@ -238,20 +238,30 @@ static int check_enums(ActionKind kind, json_t *data, Error **errp)
     return 0;
 }
 
+/* GS: the external snapshot actions' top node: found, held (the action's
+ * abort drops the reference) and not someone's backing.  0 or -errno. */
+static int take_top(Action *a, const char *device, const char *node_name,
+                    Error **errp) GS
+{
+    GS_CODE();
+    a->top = lookup_node(device, node_name, errp);
+    if (!a->top) {
+        return -ENOENT;
+    }
+    bdrv_ref(a->top);
+    return check_not_backing(a->top, errp) < 0 ? -EBUSY : 0;
+}
+
 /* ---- blockdev-snapshot ---- */
 
 static int coroutine_fn prepare_snapshot(Action *a, Error **errp) GS
 {
     const char *node = arg_str(a->data, "node");
     const char *overlay = arg_str(a->data, "overlay");
+    int ret = take_top(a, node, node, errp);
 
-    a->top = lookup_node(node, node, errp);
-    if (!a->top) {
-        return -ENOENT;
-    }
-    bdrv_ref(a->top);
-    if (check_not_backing(a->top, errp) < 0) {
-        return -EBUSY;
+    if (ret < 0) {
+        return ret;
     }
     a->overlay = lookup_node(overlay, overlay, errp);
     if (!a->overlay) {
@@ -358,14 +368,10 @@ static int coroutine_fn prepare_snapshot_sync(Action *a, Error **errp) GS
     const char *name = arg_str(a->data, "snapshot-node-name");
     const char *format = arg_str(a->data, "format");
     const char *mode = arg_str(a->data, "mode");
+    int ret = take_top(a, device, node_name, errp);
 
-    a->top = lookup_node(device, node_name, errp);
-    if (!a->top) {
-        return -ENOENT;
-    }
-    bdrv_ref(a->top);
-    if (check_not_backing(a->top, errp) < 0) {
-        return -EBUSY;
+    if (ret < 0) {
+        return ret;
     }
     if (node_name && !name) {
         error_setg(errp, "New overlay node-name missing");
