@@ -23,14 +23,12 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-RUNTIME=5
+# shellcheck source=tests/bench/lib.sh
+. "$HERE/lib.sh"    # also ROOT, and the defaults of BUILD, OUT, RUNTIME
 QUICK=0
-BUILD="$ROOT/build"
-OUT=""
 SIZE=1G
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { bench_usage 24; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) RUNTIME=2; QUICK=1 ;;
@@ -42,13 +40,9 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-OUT=${OUT:-$BUILD/bench-results}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(bench_out_dir "$OUT")
 DISKSTACK="$BUILD/diskstack"
-for tool in fio qemu-img qemu-storage-daemon; do
-    command -v $tool >/dev/null || { echo "qcow2.sh: needs $tool" >&2; exit 1; }
-done
+bench_need fio qemu-img qemu-storage-daemon
 [ -x "$DISKSTACK" ] || { echo "qcow2.sh: $DISKSTACK not built" >&2; exit 1; }
 
 WORK=$(mktemp -d "$BUILD/bench-qcow2.XXXXXX")
@@ -59,11 +53,7 @@ MANIFEST="$OUT/qcow2-manifest.tsv"
 RSS="$OUT/qcow2-rss.tsv"
 DAEMON_PID=""
 
-cleanup() { stop_daemon || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+bench_trap_cleanup
 
 # Starts "$@" in the background; waits (bounded) for the mount to appear.
 start_daemon() {
@@ -71,56 +61,26 @@ start_daemon() {
     : > "$MP"
     "$@" >> "$OUT/qcow2-$name.log" 2>&1 &
     DAEMON_PID=$!
-    local deadline=$((SECONDS + 30))
-    until is_mounted "$MP"; do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-            echo "qcow2.sh: $name did not mount; see $OUT/qcow2-$name.log" >&2
-            stop_daemon
-            return 1
-        fi
-        sleep 0.05
-    done
+    bench_wait_mounted "$name" "$OUT/qcow2-$name.log" 30 is_mounted "$MP"
 }
 
 # Records the daemon's peak RSS, then stops it and waits for the unmount.
 stop_daemon() {
-    if [ -n "$DAEMON_PID" ]; then
-        if [ -r "/proc/$DAEMON_PID/status" ] && [ -n "${CUR_TARGET:-}" ]; then
-            awk -v t="$CUR_TARGET" '/^VmHWM:/ { printf "%s\t%s\n", t, $2 }' \
-                "/proc/$DAEMON_PID/status" >> "$RSS"
-        fi
-        kill -TERM "$DAEMON_PID" 2>/dev/null || true
-        wait "$DAEMON_PID" 2>/dev/null || true
-        DAEMON_PID=""
+    if [ -n "$DAEMON_PID" ] && [ -r "/proc/$DAEMON_PID/status" ] &&
+            [ -n "${CUR_TARGET:-}" ]; then
+        awk -v t="$CUR_TARGET" '/^VmHWM:/ { printf "%s\t%s\n", t, $2 }' \
+            "/proc/$DAEMON_PID/status" >> "$RSS"
     fi
-    if is_mounted "$MP"; then
-        fusermount3 -u "$MP" 2>/dev/null || fusermount3 -u -z "$MP" || true
-    fi
-}
-
-cpu_ticks() {
-    if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
-        sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
-    else
-        echo 0
-    fi
+    bench_kill_daemon
+    bench_unmount "$MP"
 }
 
 # fio_run TARGET WORKLOAD FIO-ARGS...
 fio_run() {
     local target=$1 wname=$2; shift 2
-    local json="$OUT/qcow2-$target-$wname.json" before after
-    before=$(cpu_ticks "$DAEMON_PID")
-    if ! fio --name="$wname" --filename="$MP" --ioengine=psync --direct=1 \
-            --iodepth=1 --numjobs=4 --size="$SIZE" --fallocate=none \
-            --time_based --runtime="$RUNTIME" --group_reporting \
-            --output-format=json --output="$json" "$@" >/dev/null 2>"$json.err"; then
-        echo "qcow2.sh: fio $target $wname failed: $(tail -1 "$json.err")" >&2
-        return 0
-    fi
-    after=$(cpu_ticks "$DAEMON_PID")
-    printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$wname" "$json" "$before" "$after" \
-        >> "$MANIFEST"
+    bench_fio "$target" "$wname" "$OUT/qcow2-$target-$wname.json" \
+        --name="$wname" --filename="$MP" --ioengine=psync --numjobs=4 \
+        --size="$SIZE" --fallocate=none "$@" || return 0
     echo "  $target $wname done" >&2
 }
 

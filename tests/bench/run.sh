@@ -22,14 +22,12 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-RUNTIME=5
-BUILD="$ROOT/build"
-OUT=""
+# shellcheck source=tests/bench/lib.sh
+. "$HERE/lib.sh"    # also ROOT, and the defaults of BUILD, OUT, RUNTIME
 IOTHREADS=""
 QUICK=0
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { bench_usage 21; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) RUNTIME=2; QUICK=1 ;;
@@ -41,9 +39,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-OUT=${OUT:-$BUILD/bench-results}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(bench_out_dir "$OUT")
 
 need_apt=()
 command -v fio >/dev/null || need_apt+=(fio)
@@ -52,10 +48,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "run.sh: installing ${need_apt[*]} from Debian" >&2
     apt-get install -y "${need_apt[@]}" >&2
 fi
-if [ "$(id -u)" != 0 ] && [ ! -w /dev/fuse ]; then
-    echo "run.sh: needs root or access to /dev/fuse" >&2
-    exit 1
-fi
+bench_need_fuse
 
 # The image lives next to the build tree, so all targets use one filesystem.
 WORK=$(mktemp -d "$BUILD/bench-work.XXXXXX")
@@ -64,14 +57,7 @@ MP="$WORK/export.img"
 MANIFEST="$OUT/manifest.tsv"
 DAEMON_PID=""
 
-cleanup() {
-    stop_daemon || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+bench_trap_cleanup
 
 # Starts "$@" in the background and waits (bounded) for the mount to appear.
 start_daemon() {
@@ -79,37 +65,12 @@ start_daemon() {
     : > "$MP"
     "$@" > "$OUT/$name.log" 2>&1 &
     DAEMON_PID=$!
-    local deadline=$((SECONDS + 20))
-    until is_mounted "$MP"; do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-            echo "run.sh: $name did not mount; see $OUT/$name.log" >&2
-            tail -3 "$OUT/$name.log" >&2 || true
-            stop_daemon
-            return 1
-        fi
-        sleep 0.05
-    done
+    bench_wait_mounted "$name" "$OUT/$name.log" 20 is_mounted "$MP"
 }
 
 stop_daemon() {
-    if [ -n "$DAEMON_PID" ]; then
-        kill -TERM "$DAEMON_PID" 2>/dev/null || true
-        wait "$DAEMON_PID" 2>/dev/null || true
-        DAEMON_PID=""
-    fi
-    if is_mounted "$MP"; then
-        fusermount3 -u "$MP" 2>/dev/null || fusermount3 -u -z "$MP" || true
-    fi
-}
-
-# utime+stime of a whole process (all threads), in clock ticks.
-# 0 with no daemon (or a dead one: its fio run fails and is left out).
-cpu_ticks() {
-    if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
-        sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
-    else
-        echo 0
-    fi
+    bench_kill_daemon
+    bench_unmount "$MP"
 }
 
 WORKLOADS=(
@@ -124,20 +85,10 @@ run_workloads() {
     local target=$1 file=$2 engine=$3
     for w in "${WORKLOADS[@]}"; do
         read -r wname wargs <<< "$w"
-        local json="$OUT/$target-$wname.json"
-        local before after
-        before=$(cpu_ticks "$DAEMON_PID")
         # shellcheck disable=SC2086
-        if ! fio --name="$wname" --filename="$file" --ioengine="$engine" \
-                --direct=1 --iodepth=1 --size=1G --fallocate=none \
-                --time_based --runtime="$RUNTIME" --group_reporting \
-                --output-format=json --output="$json" $wargs >/dev/null 2>"$json.err"; then
-            echo "run.sh: fio $target $wname failed: $(tail -1 "$json.err")" >&2
-            continue
-        fi
-        after=$(cpu_ticks "$DAEMON_PID")
-        printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$wname" "$json" \
-            "$before" "$after" >> "$MANIFEST"
+        bench_fio "$target" "$wname" "$OUT/$target-$wname.json" \
+            --name="$wname" --filename="$file" --ioengine="$engine" \
+            --size=1G --fallocate=none $wargs || continue
         echo "  $target $wname done" >&2
     done
 }

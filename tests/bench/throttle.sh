@@ -23,16 +23,14 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-RUNTIME=5
+# shellcheck source=tests/bench/lib.sh
+. "$HERE/lib.sh"    # also ROOT, and the defaults of BUILD, OUT, RUNTIME
 ROUNDS=2
-BUILD="$ROOT/build"
-OUT=""
 IOTHREADS=""
 LIMIT=2000
 WITH_QSD=0
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { bench_usage 22; }
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) RUNTIME=2 ;;
@@ -46,19 +44,14 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-OUT=${OUT:-$BUILD/bench-results}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(bench_out_dir "$OUT")
 
-command -v fio >/dev/null || { echo "throttle.sh: needs fio" >&2; exit 1; }
+bench_need fio
 if [ $WITH_QSD = 1 ] && ! command -v qemu-storage-daemon >/dev/null; then
     echo "throttle.sh: --qsd needs qemu-storage-daemon" >&2
     exit 1
 fi
-if [ "$(id -u)" != 0 ] && [ ! -w /dev/fuse ]; then
-    echo "throttle.sh: needs root or access to /dev/fuse" >&2
-    exit 1
-fi
+bench_need_fuse
 DISKSTACK="$BUILD/diskstack"
 [ -x "$DISKSTACK" ] || { echo "throttle.sh: $DISKSTACK not built" >&2; exit 1; }
 
@@ -70,14 +63,7 @@ DAEMON_PID=""
 
 mp() { echo "$WORK/$1.img"; }
 
-cleanup() {
-    stop_daemon || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-is_mounted() { awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+bench_trap_cleanup
 
 all_mounted() {
     for t in "${TARGETS[@]}"; do
@@ -91,56 +77,22 @@ start_daemon() {
     for t in "${TARGETS[@]}"; do : > "$(mp "$t")"; done
     "$@" > "$OUT/throttle-$name.log" 2>&1 &
     DAEMON_PID=$!
-    local deadline=$((SECONDS + 20))
-    until all_mounted; do
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-            echo "throttle.sh: $name did not mount; see $OUT/throttle-$name.log" >&2
-            tail -3 "$OUT/throttle-$name.log" >&2 || true
-            stop_daemon
-            return 1
-        fi
-        sleep 0.05   # polling for the mounts, bounded by the deadline above
-    done
+    bench_wait_mounted "$name" "$OUT/throttle-$name.log" 20 all_mounted
 }
 
 stop_daemon() {
-    if [ -n "$DAEMON_PID" ]; then
-        kill -TERM "$DAEMON_PID" 2>/dev/null || true
-        wait "$DAEMON_PID" 2>/dev/null || true
-        DAEMON_PID=""
-    fi
+    bench_kill_daemon
     for t in "${TARGETS[@]}"; do
-        if is_mounted "$(mp "$t")"; then
-            fusermount3 -u "$(mp "$t")" 2>/dev/null || fusermount3 -u -z "$(mp "$t")" || true
-        fi
+        bench_unmount "$(mp "$t")"
     done
-}
-
-# utime+stime of the whole daemon (all threads), in clock ticks.
-cpu_ticks() {
-    if [ -n "$DAEMON_PID" ] && [ -r "/proc/$DAEMON_PID/stat" ]; then
-        sed 's/.*) //' "/proc/$DAEMON_PID/stat" | awk '{ print $12 + $13 }'
-    else
-        echo 0
-    fi
 }
 
 # One fio run of 4k random reads on target; a manifest line per run.
 run_fio() {
     local daemon=$1 target=$2 round=$3
-    local json="$OUT/throttle-$daemon-$target-$round.json"
-    local before after
-    before=$(cpu_ticks)
-    if ! fio --name="$target" --filename="$(mp "$target")" --ioengine=psync \
-            --rw=randread --bs=4k --numjobs=4 --direct=1 --iodepth=1 \
-            --size=256M --time_based --runtime="$RUNTIME" --group_reporting \
-            --output-format=json --output="$json" >/dev/null 2>"$json.err"; then
-        echo "throttle.sh: fio $daemon $target failed: $(tail -1 "$json.err")" >&2
-        return 0
-    fi
-    after=$(cpu_ticks)
-    printf '%s\t%s\t%s\t%s\t%s\n' "$daemon" "$target" "$json" "$before" "$after" \
-        >> "$MANIFEST"
+    bench_fio "$daemon" "$target" "$OUT/throttle-$daemon-$target-$round.json" \
+        --name="$target" --filename="$(mp "$target")" --ioengine=psync \
+        --rw=randread --bs=4k --numjobs=4 --size=256M || return 0
     echo "  $daemon $target (round $round) done" >&2
 }
 

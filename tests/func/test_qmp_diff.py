@@ -50,6 +50,7 @@ import time
 
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, force_unmount,
                     is_mounted, run_qemu_img, wait_for)
+from qmp import TIMEOUT as QMP_TIMEOUT, QmpClient
 
 TIMEOUT = 15.0
 SIZE = 16 * MiB
@@ -57,37 +58,8 @@ SIZE = 16 * MiB
 
 # ---------------------------------------------------------------- QMP client
 
-class QmpConn:
-    """A QMP connection; events are kept aside with their arrival order."""
-
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(TIMEOUT)
-        self.sock.connect(path)
-        self.buf = b''
-        self.events = []
-        self.greeting = self.recv()
-
-    def recv(self):
-        while b'\n' not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError('QMP connection closed')
-            self.buf += data
-        line, self.buf = self.buf.split(b'\n', 1)
-        return json.loads(line)
-
-    def cmd(self, name, args=None):
-        msg = {'execute': name}
-        if args is not None:
-            msg['arguments'] = args
-        self.sock.sendall(json.dumps(msg).encode() + b'\n')
-        while True:
-            msg = self.recv()
-            if 'event' in msg:
-                self.events.append(msg)
-            else:
-                return msg
+class QmpConn(QmpClient):
+    """qmp.py's client, with a wait for an event that gives up (None)."""
 
     def wait_event(self, name, timeout=TIMEOUT):
         """Returns (and removes) the first event called name; waits on the
@@ -104,10 +76,7 @@ class QmpConn:
             except socket.timeout:
                 return None
             finally:
-                self.sock.settimeout(TIMEOUT)
-
-    def close(self):
-        self.sock.close()
+                self.sock.settimeout(QMP_TIMEOUT)    # qmp.py's default
 
 
 # ---------------------------------------------------------------- the script

@@ -437,45 +437,27 @@ void test_env_init(void)
     fake_drivers_register();
 }
 
-typedef struct OpenArgs {
-    json_t *def;
-    Error **errp;
-    BlockNode *bs;
-    const char *name;
-    int ret;
-} OpenArgs;
-
-static void coroutine_fn open_entry(void *opaque)
-{
-    global_lock_assert_held();
-    OpenArgs *a = opaque;
-    a->bs = bdrv_co_open_blockdev(a->def, a->errp);
-}
-
 BlockNode *open_def(const char *text, Error **errp)
 {
-    OpenArgs a = { .errp = errp };
-    a.def = defn_parse(text, errp);
-    if (!a.def) {
-        return NULL;
-    }
-    if (blockdev_def_check(a.def, text[0] != '{', errp) == 0) {
-        run_co(open_entry, &a);
-    }
-    json_decref(a.def);
-    return a.bs;
+    return test_open_def(text, errp);
 }
+
+typedef struct DelArgs {
+    const char *name;
+    Error **errp;
+    int ret;
+} DelArgs;
 
 static void coroutine_fn del_entry(void *opaque)
 {
     global_lock_assert_held();
-    OpenArgs *a = opaque;
+    DelArgs *a = opaque;
     a->ret = bdrv_co_blockdev_del(a->name, a->errp);
 }
 
 int del_node(const char *name, Error **errp)
 {
-    OpenArgs a = { .name = name, .errp = errp };
+    DelArgs a = { .name = name, .errp = errp };
     run_co(del_entry, &a);
     return a.ret;
 }

@@ -51,7 +51,7 @@ void hold_set_notifier(BlockNode *bs, void (*fn)(void *), void *opaque);
  * test_env_init(): test_runtime_init() and the fake drivers.
  */
 void test_env_init(void) ACQUIRE(global_lock);
-/* Parses (JSON or key=value, coerced) and opens; NULL with *errp on error. */
+/* test_open_def() (test-util.h) under its older name. */
 BlockNode *open_def(const char *text, Error **errp) GS;
 /* blockdev-del, in a coroutine. */
 int del_node(const char *name, Error **errp) GS;

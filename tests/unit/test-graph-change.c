@@ -145,22 +145,9 @@ TestSuite(graph_change, .init = change_init, .timeout = 20);
 
 /* ================= helpers ================= */
 
-static BlockNode *must_open(const char *text) GS
-{
-    Error *err = NULL;
-    BlockNode *bs = open_def(text, &err);
-    cr_assert_not_null(bs, "open '%s': %s", text, error_get_pretty(err));
-    return bs;
-}
-
-static BlockBackend *backend_on(const char *name, BlockNode *bs, uint64_t perm,
-                                uint64_t shared) GS
-{
-    Error *err = NULL;
-    BlockBackend *blk = blk_new(name, perm, shared);
-    cr_assert_eq(blk_insert_node(blk, bs, &err), 0, "%s", error_get_pretty(err));
-    return blk;
-}
+/* The in-flight requests (test-util.h) are one cow block each. */
+_Static_assert(sizeof(((TestAsyncReq *)0)->buf) == COW_BLOCK,
+               "TestAsyncReq moves one cow block");
 
 static BlockNode *backing_of(BlockNode *bs) GS
 {
@@ -219,33 +206,6 @@ static int change_now(Change *ch, BlockNode *a, BlockNode *b, bool set_backing)
     return ch->ret;
 }
 
-/* A 4 KiB write of one byte value in its own coroutine. */
-typedef struct Req {
-    BlockBackend *blk;
-    int64_t offset;
-    uint8_t buf[COW_BLOCK];
-    int ret;
-    _Atomic bool done;
-} Req;
-
-static void coroutine_fn req_entry(void *opaque)
-{
-    Req *r = opaque;
-    IOVector v;
-    iov_init_buf(&v, r->buf, sizeof(r->buf));
-    r->ret = blk_co_pwritev(r->blk, r->offset, sizeof(r->buf), &v, 0);
-    atomic_store(&r->done, true);
-}
-
-static void req_start(Req *r, BlockBackend *blk, int64_t offset, uint8_t byte)
-{
-    memset(r, 0, sizeof(*r));
-    r->blk = blk;
-    r->offset = offset;
-    memset(r->buf, byte, sizeof(r->buf));
-    co_spawn(req_entry, r);
-}
-
 /* Reads one byte through blk (a whole block, aligned). */
 static uint8_t read_byte(BlockBackend *blk, int64_t offset)
 {
@@ -277,25 +237,25 @@ static int write_byte(BlockBackend *blk, int64_t offset, uint8_t byte)
 Test(graph_change, append_under_backend_with_io_in_flight)
 {
     global_lock_assert_held();
-    BlockNode *m0 = must_open("driver=mem,node-name=m0,size=1M");
-    BlockNode *h0 = must_open("driver=hold,node-name=h0,file=m0");
-    BlockNode *mo = must_open("driver=mem,node-name=mo,size=1M");
-    BlockNode *ov = must_open("driver=cow,node-name=ov,file=mo");
-    BlockBackend *e0 = backend_on("e0", h0, RW, BLK_PERM_ALL);
-    BlockNode *other = must_open("driver=mem,node-name=other,size=1M");
-    BlockBackend *e1 = backend_on("e1", other, RW, BLK_PERM_ALL);
+    BlockNode *m0 = test_open_node("driver=mem,node-name=m0,size=1M");
+    BlockNode *h0 = test_open_node("driver=hold,node-name=h0,file=m0");
+    BlockNode *mo = test_open_node("driver=mem,node-name=mo,size=1M");
+    BlockNode *ov = test_open_node("driver=cow,node-name=ov,file=mo");
+    BlockBackend *e0 = test_backend_on("e0", h0, RW, BLK_PERM_ALL);
+    BlockNode *other = test_open_node("driver=mem,node-name=other,size=1M");
+    BlockBackend *e1 = test_backend_on("e1", other, RW, BLK_PERM_ALL);
 
     hold_set_enabled(h0, true);
-    Req before;
-    req_start(&before, e0, 0, 0xaa);
+    TestAsyncReq before;
+    test_async_write_start(&before, e0, 0, 0xaa);
     cr_assert_eq(hold_held(h0), 1);
 
     Change ch;
     change_start(&ch, ov, h0, false);
     cr_assert_not(ch.done, "the change waits for the request in flight");
 
-    Req during;
-    req_start(&during, e0, COW_BLOCK, 0xbb);
+    TestAsyncReq during;
+    test_async_write_start(&during, e0, COW_BLOCK, 0xbb);
     cr_assert_eq(hold_held(h0), 1, "the new request is held at the backend");
     cr_assert_eq(write_byte(e1, 0, 0x11), 0, "an unrelated chain runs on");
 
@@ -322,20 +282,6 @@ Test(graph_change, append_under_backend_with_io_in_flight)
     cr_assert_eq(atomic_load(&ov->quiesce_counter), 0);
 }
 
-/* A GS coroutine that opens a section on bs and sets `done`. */
-typedef struct Section {
-    BlockNode *bs;
-    _Atomic bool done;
-} Section;
-
-static void coroutine_fn section_entry(void *opaque)
-{
-    global_lock_assert_held();
-    Section *sec = opaque;
-    bdrv_co_quiesce_begin(sec->bs);
-    atomic_store(&sec->done, true);
-}
-
 /*
  * A section opened below the top before the append (here on m0, under h0)
  * covers the new shape too: the export stays held until that section ends,
@@ -344,17 +290,15 @@ static void coroutine_fn section_entry(void *opaque)
 Test(graph_change, section_below_the_top_carries_over)
 {
     global_lock_assert_held();
-    BlockNode *m0 = must_open("driver=mem,node-name=m0,size=1M");
-    BlockNode *h0 = must_open("driver=hold,node-name=h0,file=m0");
-    BlockNode *ov = must_open("driver=cow,node-name=ov,file.driver=mem,"
-                              "file.node-name=mo,file.size=1M");
-    BlockBackend *e0 = backend_on("e0", h0, RW, BLK_PERM_ALL);
-    Section below = { .bs = m0 };
-    co_spawn(section_entry, &below);
-    wait_flag(&below.done);
+    BlockNode *m0 = test_open_node("driver=mem,node-name=m0,size=1M");
+    BlockNode *h0 = test_open_node("driver=hold,node-name=h0,file=m0");
+    BlockNode *ov = test_open_node("driver=cow,node-name=ov,file.driver=mem,"
+                                   "file.node-name=mo,file.size=1M");
+    BlockBackend *e0 = test_backend_on("e0", h0, RW, BLK_PERM_ALL);
+    test_quiesce_begin_now(m0);
 
-    Req held;
-    req_start(&held, e0, 0, 0xcc);
+    TestAsyncReq held;
+    test_async_write_start(&held, e0, 0, 0xcc);
     Change ch;
     cr_assert_eq(change_now(&ch, ov, h0, false), 0, "%s", ch.err);
     cr_assert_eq(blk_node(e0), ov);
@@ -376,12 +320,12 @@ Test(graph_change, section_below_the_top_carries_over)
 Test(graph_change, node_parents_move_to_the_overlay)
 {
     global_lock_assert_held();
-    BlockNode *t = must_open("driver=cow,node-name=t,file.driver=mem,"
-                             "file.node-name=mt,file.size=1M");
-    BlockNode *f = must_open("driver=hold,node-name=f,file=t");
-    BlockNode *ov = must_open("driver=cow,node-name=ov,file.driver=mem,"
-                              "file.node-name=mo,file.size=1M");
-    BlockBackend *e0 = backend_on("e0", f, RW, BLK_PERM_ALL);
+    BlockNode *t = test_open_node("driver=cow,node-name=t,file.driver=mem,"
+                                  "file.node-name=mt,file.size=1M");
+    BlockNode *f = test_open_node("driver=hold,node-name=f,file=t");
+    BlockNode *ov = test_open_node("driver=cow,node-name=ov,file.driver=mem,"
+                                   "file.node-name=mo,file.size=1M");
+    BlockBackend *e0 = test_backend_on("e0", f, RW, BLK_PERM_ALL);
     Change ch;
 
     cr_assert_eq(change_now(&ch, ov, t, false), 0, "%s", ch.err);
@@ -405,9 +349,9 @@ typedef struct Top {
 
 static void top_open(Top *x) GS
 {
-    x->mt = must_open("driver=mem,node-name=mt,size=1M");
-    x->t = must_open("driver=cow,node-name=t,file=mt");
-    x->e0 = backend_on("e0", x->t, RW, BLK_PERM_ALL);
+    x->mt = test_open_node("driver=mem,node-name=mt,size=1M");
+    x->t = test_open_node("driver=cow,node-name=t,file=mt");
+    x->e0 = test_backend_on("e0", x->t, RW, BLK_PERM_ALL);
 }
 
 static void assert_top_unchanged(Top *x) GS
@@ -434,26 +378,29 @@ Test(graph_change, append_refusals)
     Top x;
     top_open(&x);
 
-    BlockNode *b = must_open("driver=mem,node-name=b,size=1M");
-    BlockNode *ovb = must_open("driver=cow,node-name=ovb,file.driver=mem,"
-                               "file.size=1M,backing=b");
+    BlockNode *b = test_open_node("driver=mem,node-name=b,size=1M");
+    BlockNode *ovb = test_open_node("driver=cow,node-name=ovb,file.driver=mem,"
+                                    "file.size=1M,backing=b");
     expect_append_error(ovb, x.t, "The overlay already has a backing image");
     cr_assert_eq(backing_of(ovb), b);
 
-    BlockNode *ovu = must_open("driver=cow,node-name=ovu,file.driver=mem,file.size=1M");
-    BlockBackend *user = backend_on("user", ovu, BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    BlockNode *ovu = test_open_node("driver=cow,node-name=ovu,"
+                                    "file.driver=mem,file.size=1M");
+    BlockBackend *user = test_backend_on("user", ovu, BLK_PERM_CONSISTENT_READ,
+                                         BLK_PERM_ALL);
     expect_append_error(ovu, x.t, "The overlay is already in use");
     cr_assert_eq(blk_node(user), ovu);
 
-    BlockNode *mem = must_open("driver=mem,node-name=plain,size=1M");
+    BlockNode *mem = test_open_node("driver=mem,node-name=plain,size=1M");
     expect_append_error(mem, x.t, "The overlay does not support backing images");
 
     expect_append_error(x.t, x.t, "The overlay is already in use");
-    BlockNode *lone = must_open("driver=cow,node-name=lone,file.driver=mem,file.size=1M");
+    BlockNode *lone = test_open_node("driver=cow,node-name=lone,"
+                                     "file.driver=mem,file.size=1M");
     expect_append_error(lone, lone,
                         "Making 'lone' a backing child of 'lone' would create a cycle");
     /* an overlay whose file is the top itself */
-    BlockNode *loop = must_open("driver=cow,node-name=loop,file=mt");
+    BlockNode *loop = test_open_node("driver=cow,node-name=loop,file=mt");
     expect_append_error(loop, x.mt,
                         "Making 'mt' a backing child of 'loop' would create a cycle");
     assert_top_unchanged(&x);
@@ -471,10 +418,10 @@ Test(graph_change, append_rolls_back_on_permission_conflict)
     global_lock_assert_held();
     Top x;
     top_open(&x);
-    BlockNode *mo = must_open("driver=mem,node-name=mo,size=1M");
-    BlockNode *ov = must_open("driver=cow,node-name=ov,file=mo");
-    BlockBackend *reader = backend_on("reader", mo, BLK_PERM_CONSISTENT_READ,
-                                      BLK_PERM_CONSISTENT_READ);
+    BlockNode *mo = test_open_node("driver=mem,node-name=mo,size=1M");
+    BlockNode *ov = test_open_node("driver=cow,node-name=ov,file=mo");
+    BlockBackend *reader = test_backend_on("reader", mo, BLK_PERM_CONSISTENT_READ,
+                                           BLK_PERM_CONSISTENT_READ);
     int mo_perm = mo->open_perm, mt_perm = x.mt->open_perm;
 
     Change ch;
@@ -516,8 +463,8 @@ Test(graph_change, remove_overlay_restores_the_shape)
     global_lock_assert_held();
     Top x;
     top_open(&x);
-    BlockNode *ov = must_open("driver=cow,node-name=ov,file.driver=mem,"
-                              "file.node-name=mo,file.size=1M");
+    BlockNode *ov = test_open_node("driver=cow,node-name=ov,file.driver=mem,"
+                                   "file.node-name=mo,file.size=1M");
     run_co(append_then_remove_entry, &x);
     assert_top_unchanged(&x);
     cr_assert_eq(count_parents(ov), 0);
@@ -532,12 +479,12 @@ Test(graph_change, remove_overlay_restores_the_shape)
 Test(graph_change, set_backing_replace_and_remove)
 {
     global_lock_assert_held();
-    BlockNode *b1 = must_open("driver=mem,node-name=b1,size=1M");
-    BlockNode *b2 = must_open("driver=mem,node-name=b2,size=1M");
+    BlockNode *b1 = test_open_node("driver=mem,node-name=b1,size=1M");
+    BlockNode *b2 = test_open_node("driver=mem,node-name=b2,size=1M");
     mem_data(b1)[0] = 0x01;
     mem_data(b2)[0] = 0x02;
-    BlockNode *c = must_open("driver=cow,node-name=c,file.driver=mem,file.size=1M");
-    BlockBackend *e0 = backend_on("e0", c, RW, BLK_PERM_ALL);
+    BlockNode *c = test_open_node("driver=cow,node-name=c,file.driver=mem,file.size=1M");
+    BlockBackend *e0 = test_backend_on("e0", c, RW, BLK_PERM_ALL);
     Change ch;
 
     cr_assert_eq(read_byte(e0, 0), 0);
@@ -566,50 +513,27 @@ Test(graph_change, set_backing_replace_and_remove)
 /* A read of the backing held in flight (in hold node hb) completes from
  * the old backing; a read issued during the change waits at the export and
  * then reads the new one. */
-typedef struct ReadReq {
-    BlockBackend *blk;
-    uint8_t buf[COW_BLOCK];
-    int ret;
-    _Atomic bool done;
-} ReadReq;
-
-static void coroutine_fn read_entry(void *opaque)
-{
-    ReadReq *r = opaque;
-    IOVector v;
-    iov_init_buf(&v, r->buf, sizeof(r->buf));
-    r->ret = blk_co_preadv(r->blk, 0, sizeof(r->buf), &v, 0);
-    atomic_store(&r->done, true);
-}
-
-static void read_start(ReadReq *r, BlockBackend *blk)
-{
-    memset(r, 0, sizeof(*r));
-    r->blk = blk;
-    co_spawn(read_entry, r);
-}
-
 Test(graph_change, set_backing_with_a_read_in_flight)
 {
     global_lock_assert_held();
-    BlockNode *b1 = must_open("driver=mem,node-name=b1,size=1M");
-    BlockNode *hb = must_open("driver=hold,node-name=hb,file=b1");
-    BlockNode *b2 = must_open("driver=mem,node-name=b2,size=1M");
+    BlockNode *b1 = test_open_node("driver=mem,node-name=b1,size=1M");
+    BlockNode *hb = test_open_node("driver=hold,node-name=hb,file=b1");
+    BlockNode *b2 = test_open_node("driver=mem,node-name=b2,size=1M");
     mem_data(b1)[0] = 0x01;
     mem_data(b2)[0] = 0x02;
-    BlockNode *c = must_open("driver=cow,node-name=c,file.driver=mem,"
-                             "file.size=1M,backing=hb");
-    BlockBackend *e0 = backend_on("e0", c, RW, BLK_PERM_ALL);
+    BlockNode *c = test_open_node("driver=cow,node-name=c,file.driver=mem,"
+                                  "file.size=1M,backing=hb");
+    BlockBackend *e0 = test_backend_on("e0", c, RW, BLK_PERM_ALL);
 
     hold_set_enabled(hb, true);
-    ReadReq before;
-    read_start(&before, e0);
+    TestAsyncReq before;
+    test_async_read_start(&before, e0, 0);
     cr_assert_eq(hold_held(hb), 1);
     Change ch;
     change_start(&ch, c, b2, true);
     cr_assert_not(ch.done, "the change waits for the read in the old backing");
-    ReadReq during;
-    read_start(&during, e0);
+    TestAsyncReq during;
+    test_async_read_start(&during, e0, 0);
     cr_assert_not(during.done);
     cr_assert_eq(hold_held(hb), 1, "the new read waits at the export");
 
@@ -630,10 +554,11 @@ Test(graph_change, set_backing_with_a_read_in_flight)
 Test(graph_change, set_backing_refusals)
 {
     global_lock_assert_held();
-    BlockNode *c1 = must_open("driver=cow,node-name=c1,file.driver=mem,file.size=1M");
-    BlockNode *c2 = must_open("driver=cow,node-name=c2,file.driver=mem,"
-                              "file.size=1M,backing=c1");
-    BlockNode *m = must_open("driver=mem,node-name=m,size=1M");
+    BlockNode *c1 = test_open_node("driver=cow,node-name=c1,"
+                                   "file.driver=mem,file.size=1M");
+    BlockNode *c2 = test_open_node("driver=cow,node-name=c2,file.driver=mem,"
+                                   "file.size=1M,backing=c1");
+    BlockNode *m = test_open_node("driver=mem,node-name=m,size=1M");
     Change ch;
 
     cr_assert_lt(change_now(&ch, c1, c2, true), 0);
@@ -652,12 +577,13 @@ Test(graph_change, set_backing_refusals)
 Test(graph_change, set_backing_rolls_back_on_permission_conflict)
 {
     global_lock_assert_held();
-    BlockNode *b1 = must_open("driver=mem,node-name=b1,size=1M");
-    BlockNode *b2 = must_open("driver=mem,node-name=b2,size=1M");
-    BlockBackend *greedy = backend_on("greedy", b2, RW, 0);
-    BlockNode *c = must_open("driver=cow,node-name=c,file.driver=mem,"
-                             "file.size=1M,backing=b1");
-    BlockNode *c0 = must_open("driver=cow,node-name=c0,file.driver=mem,file.size=1M");
+    BlockNode *b1 = test_open_node("driver=mem,node-name=b1,size=1M");
+    BlockNode *b2 = test_open_node("driver=mem,node-name=b2,size=1M");
+    BlockBackend *greedy = test_backend_on("greedy", b2, RW, 0);
+    BlockNode *c = test_open_node("driver=cow,node-name=c,file.driver=mem,"
+                                  "file.size=1M,backing=b1");
+    BlockNode *c0 = test_open_node("driver=cow,node-name=c0,"
+                                   "file.driver=mem,file.size=1M");
     Change ch;
 
     cr_assert_lt(change_now(&ch, c, b2, true), 0);

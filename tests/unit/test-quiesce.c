@@ -25,81 +25,17 @@ typedef struct Chain {
 static void chain_open(Chain *c, const char *name) GS
 {
     char def[256];
-    Error *err = NULL;
     snprintf(def, sizeof(def), "driver=mem,node-name=m%s,size=1M", name);
-    c->mem = open_def(def, &err);
-    cr_assert_not_null(c->mem, "%s", error_get_pretty(err));
+    c->mem = test_open_node(def);
     snprintf(def, sizeof(def), "driver=hold,node-name=h%s,file=m%s", name, name);
-    c->hold = open_def(def, &err);
-    cr_assert_not_null(c->hold, "%s", error_get_pretty(err));
+    c->hold = test_open_node(def);
     snprintf(def, sizeof(def), "e%s", name);
-    c->blk = blk_new(def, RW, BLK_PERM_ALL);
-    cr_assert_eq(blk_insert_node(c->blk, c->hold, &err), 0, "%s", error_get_pretty(err));
+    c->blk = test_backend_on(def, c->hold, RW, BLK_PERM_ALL);
 }
 
-/* A write in its own coroutine; `done` when it returns. */
-typedef struct Req {
-    BlockBackend *blk;
-    int64_t offset;
-    uint8_t byte;
-    uint8_t buf[4096];
-    int ret;
-    _Atomic bool done;
-} Req;
-
-static void coroutine_fn req_entry(void *opaque)
+static void coroutine_fn drain_co(void *blk)
 {
-    Req *r = opaque;
-    memset(r->buf, r->byte, sizeof(r->buf));
-    IOVector v;
-    iov_init_buf(&v, r->buf, sizeof(r->buf));
-    r->ret = blk_co_pwritev(r->blk, r->offset, sizeof(r->buf), &v, 0);
-    atomic_store(&r->done, true);
-}
-
-static void req_start(Req *r, BlockBackend *blk, int64_t offset, uint8_t byte)
-{
-    memset(r, 0, sizeof(*r));
-    r->blk = blk;
-    r->offset = offset;
-    r->byte = byte;
-    co_spawn(req_entry, r);     /* returns when the request waits somewhere */
-}
-
-/* A GS operation in its own coroutine; `done` when it returns. */
-typedef struct Op {
-    BlockNode *bs;
-    BlockBackend *blk;
-    _Atomic bool done;
-} Op;
-
-static void coroutine_fn quiesce_entry(void *opaque)
-{
-    global_lock_assert_held();
-    Op *op = opaque;
-    bdrv_co_quiesce_begin(op->bs);
-    atomic_store(&op->done, true);
-}
-
-static void coroutine_fn drain_entry(void *opaque)
-{
-    Op *op = opaque;
-    blk_co_drain(op->blk);
-    atomic_store(&op->done, true);
-}
-
-static void quiesce_start(Op *op, BlockNode *bs)
-{
-    memset(op, 0, sizeof(*op));
-    op->bs = bs;
-    co_spawn(quiesce_entry, op);
-}
-
-static void quiesce_now(BlockNode *bs)
-{
-    Op op;
-    quiesce_start(&op, bs);
-    wait_flag(&op.done);
+    blk_co_drain(blk);
 }
 
 Test(quiesce, backend_drain_waits_for_request_held_below)
@@ -108,18 +44,18 @@ Test(quiesce, backend_drain_waits_for_request_held_below)
     Chain c;
     chain_open(&c, "0");
     hold_set_enabled(c.hold, true);
-    Req r;
-    req_start(&r, c.blk, 0, 0xaa);
+    TestAsyncReq r;
+    test_async_write_start(&r, c.blk, 0, 0xaa);
     cr_assert_eq(hold_held(c.hold), 1);
 
-    Op d = { .blk = c.blk };
-    co_spawn(drain_entry, &d);
+    TestCo d;
+    test_co_start(&d, drain_co, c.blk);
     cr_assert_not(d.done, "drain must wait for the request held in the filter");
 
     /* drain does not stop new requests */
     hold_set_enabled(c.hold, false);
-    Req r2;
-    req_start(&r2, c.blk, 4096, 0xbb);
+    TestAsyncReq r2;
+    test_async_write_start(&r2, c.blk, 4096, 0xbb);
     cr_assert(r2.done, "a new request passes while a backend drain waits");
     cr_assert_not(d.done);
 
@@ -138,17 +74,17 @@ Test(quiesce, section_holds_new_requests_and_waits_for_in_flight)
     Chain c;
     chain_open(&c, "0");
     hold_set_enabled(c.hold, true);
-    Req r1;
-    req_start(&r1, c.blk, 0, 0x11);
+    TestAsyncReq r1;
+    test_async_write_start(&r1, c.blk, 0, 0x11);
     cr_assert_eq(hold_held(c.hold), 1);
 
-    Op q;
-    quiesce_start(&q, c.mem);
+    TestCo q;
+    test_quiesce_begin_start(&q, c.mem);
     cr_assert_not(q.done, "the section waits for the request in flight above");
     cr_assert_gt(atomic_load(&c.hold->quiesce_counter), 0, "parents are quiesced");
 
-    Req r2;
-    req_start(&r2, c.blk, 4096, 0x22);
+    TestAsyncReq r2;
+    test_async_write_start(&r2, c.blk, 4096, 0x22);
     cr_assert_eq(hold_held(c.hold), 1, "the new request is held at the backend");
     cr_assert_eq(hold_passed(c.hold), 0);
 
@@ -173,13 +109,13 @@ Test(quiesce, sections_nest_and_count)
     global_lock_assert_held();
     Chain c;
     chain_open(&c, "0");
-    quiesce_now(c.mem);
-    quiesce_now(c.hold);
+    test_quiesce_begin_now(c.mem);
+    test_quiesce_begin_now(c.hold);
     cr_assert_eq(atomic_load(&c.mem->quiesce_counter), 1);
     cr_assert_eq(atomic_load(&c.hold->quiesce_counter), 2);
 
-    Req r;
-    req_start(&r, c.blk, 0, 0x33);
+    TestAsyncReq r;
+    test_async_write_start(&r, c.blk, 0, 0x33);
     cr_assert_not(r.done);
     bdrv_quiesce_end(c.hold);
     cr_assert_not(r.done, "one section is still open");
@@ -198,23 +134,23 @@ Test(quiesce, chains_are_isolated)
     chain_open(&a, "a");
     chain_open(&b, "b");
     hold_set_enabled(b.hold, true);
-    Req rb;
-    req_start(&rb, b.blk, 0, 0x44);
+    TestAsyncReq rb;
+    test_async_write_start(&rb, b.blk, 0, 0x44);
     cr_assert_eq(hold_held(b.hold), 1);
 
     /* quiescing chain A neither waits for nor stops chain B */
-    quiesce_now(a.mem);
+    test_quiesce_begin_now(a.mem);
     cr_assert_eq(atomic_load(&b.hold->quiesce_counter), 0);
     hold_set_enabled(b.hold, false);
-    Req rb2;
-    req_start(&rb2, b.blk, 4096, 0x55);
+    TestAsyncReq rb2;
+    test_async_write_start(&rb2, b.blk, 4096, 0x55);
     cr_assert(rb2.done, "chain B serves requests while A is quiesced");
 
     /* a graph change on chain A while B has a request in flight */
     Error *err = NULL;
     BlockNode *m2 = open_def("driver=mem,node-name=ma2,size=1M", &err);
     cr_assert_not_null(m2);
-    quiesce_now(m2);
+    test_quiesce_begin_now(m2);
     bdrv_ref(a.mem);
     bdrv_graph_wrlock();
     BlockChild *edge = a.hold->file;
@@ -223,8 +159,8 @@ Test(quiesce, chains_are_isolated)
     bdrv_quiesce_end(m2);
     bdrv_quiesce_end(a.mem);
 
-    Req ra;
-    req_start(&ra, a.blk, 0, 0x66);
+    TestAsyncReq ra;
+    test_async_write_start(&ra, a.blk, 0, 0x66);
     wait_flag(&ra.done);
     cr_assert_eq(mem_data(m2)[0], 0x66, "the write went to the new child");
     cr_assert_eq(mem_data(a.mem)[0], 0);
@@ -249,7 +185,7 @@ Test(quiesce, replace_without_quiesce_aborts, .signal = SIGABRT)
 /* ---- a request from an IOThread during a section ---- */
 
 typedef struct IoReq {
-    Req req;
+    TestAsyncReq req;
     Loop *loop;
     _Atomic bool held, done;
 } IoReq;
@@ -268,7 +204,7 @@ static void on_held(void *opaque)              /* runs on the IOThread */
 static void coroutine_fn io_req_entry(void *opaque)
 {
     IoReq *io = opaque;
-    req_entry(&io->req);
+    test_async_req_co(&io->req);
     loop_schedule(loop_main(), set_flag_bh, &io->done);
 }
 
@@ -285,12 +221,10 @@ Test(quiesce, iothread_request_held_then_completes)
     IOThread *t = iothread_create("io0");
     IoReq io;
     memset(&io, 0, sizeof(io));
-    io.req.blk = c.blk;
-    io.req.offset = 8192;
-    io.req.byte = 0x77;
+    test_async_write_init(&io.req, c.blk, 8192, 0x77);
     blk_set_hold_notifier(c.blk, on_held, &io);
 
-    quiesce_now(c.mem);
+    test_quiesce_begin_now(c.mem);
     loop_schedule(iothread_loop(t), io_req_start_bh, &io);
     wait_flag(&io.held);
     cr_assert_not(io.done, "held while the section is open");

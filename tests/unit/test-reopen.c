@@ -19,20 +19,9 @@ TestSuite(reopen, .init = test_env_init, .timeout = 20);
 
 #define RW (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE)
 
-static BlockNode *must_open(const char *text) GS
-{
-    Error *err = NULL;
-    BlockNode *bs = open_def(text, &err);
-    cr_assert_not_null(bs, "open '%s': %s", text, error_get_pretty(err));
-    return bs;
-}
-
 static BlockBackend *backend_on(BlockNode *bs, uint64_t perm) GS
 {
-    Error *err = NULL;
-    BlockBackend *blk = blk_new("e0", perm, BLK_PERM_ALL);
-    cr_assert_eq(blk_insert_node(blk, bs, &err), 0, "%s", error_get_pretty(err));
-    return blk;
+    return test_backend_on("e0", bs, perm, BLK_PERM_ALL);
 }
 
 static BlockNode *file_of(BlockNode *bs) GS
@@ -97,44 +86,6 @@ static void reopen_fails(const char *defs_json, const char *want)
     cr_assert_str_eq(msg, want, "%s", defs_json);
 }
 
-/* A write in its own coroutine. */
-typedef struct Req {
-    BlockBackend *blk;
-    int64_t offset;
-    bool read;
-    uint8_t buf[4096];
-    int ret;
-    _Atomic bool done;
-} Req;
-
-static void coroutine_fn req_entry(void *opaque)
-{
-    Req *r = opaque;
-    IOVector v;
-    iov_init_buf(&v, r->buf, sizeof(r->buf));
-    r->ret = r->read ? blk_co_preadv(r->blk, r->offset, sizeof(r->buf), &v, 0)
-                     : blk_co_pwritev(r->blk, r->offset, sizeof(r->buf), &v, 0);
-    atomic_store(&r->done, true);
-}
-
-static void write_start(Req *r, BlockBackend *blk, int64_t offset, uint8_t byte)
-{
-    memset(r, 0, sizeof(*r));
-    r->blk = blk;
-    r->offset = offset;
-    memset(r->buf, byte, sizeof(r->buf));
-    co_spawn(req_entry, r);
-}
-
-static void read_start(Req *r, BlockBackend *blk, int64_t offset)
-{
-    memset(r, 0, sizeof(*r));
-    r->blk = blk;
-    r->offset = offset;
-    r->read = true;
-    co_spawn(req_entry, r);
-}
-
 static void coroutine_fn unref_blk_entry(void *opaque)
 {
     global_lock_assert_held();
@@ -144,7 +95,7 @@ static void coroutine_fn unref_blk_entry(void *opaque)
 Test(reopen, read_only_follows_permissions)
 {
     global_lock_assert_held();
-    BlockNode *m = must_open("driver=mem,node-name=m0,size=1M");
+    BlockNode *m = test_open_node("driver=mem,node-name=m0,size=1M");
     BlockBackend *blk = backend_on(m, RW);
 
     reopen_fails("[{\"driver\": \"mem\", \"node-name\": \"m0\", \"size\": 1048576,"
@@ -168,8 +119,8 @@ Test(reopen, read_only_follows_permissions)
 Test(reopen, write_permission_all_the_way_down)
 {
     global_lock_assert_held();
-    must_open("driver=mem,node-name=m0,size=1M,read-only=on");
-    BlockNode *h = must_open("driver=hold,node-name=h0,file=m0,read-only=on");
+    test_open_node("driver=mem,node-name=m0,size=1M,read-only=on");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file=m0,read-only=on");
     BlockBackend *blk = backend_on(h, BLK_PERM_CONSISTENT_READ);
 
     /* both at once, child listed first: the order does not matter */
@@ -195,8 +146,8 @@ Test(reopen, write_permission_all_the_way_down)
 
     /* with no writer above, a filter may become writable over a read-only
      * file: it passes only its parents' needs down */
-    must_open("driver=mem,node-name=m1,size=1M,read-only=on");
-    BlockNode *h1 = must_open("driver=hold,node-name=h1,file=m1,read-only=on");
+    test_open_node("driver=mem,node-name=m1,size=1M,read-only=on");
+    BlockNode *h1 = test_open_node("driver=hold,node-name=h1,file=m1,read-only=on");
     blk = backend_on(h1, BLK_PERM_CONSISTENT_READ);
     reopen_ok("[{\"driver\": \"hold\", \"node-name\": \"h1\", \"file\": \"m1\"}]");
     cr_assert_not(h1->read_only);
@@ -206,14 +157,14 @@ Test(reopen, write_permission_all_the_way_down)
 Test(reopen, file_change_waits_for_request_in_flight)
 {
     global_lock_assert_held();
-    BlockNode *m0 = must_open("driver=mem,node-name=m0,size=1M");
-    BlockNode *m1 = must_open("driver=mem,node-name=m1,size=1M");
-    BlockNode *h = must_open("driver=hold,node-name=h0,file=m0");
+    BlockNode *m0 = test_open_node("driver=mem,node-name=m0,size=1M");
+    BlockNode *m1 = test_open_node("driver=mem,node-name=m1,size=1M");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file=m0");
     BlockBackend *blk = backend_on(h, RW);
 
     hold_set_enabled(h, true);
-    Req before;
-    write_start(&before, blk, 0, 0xaa);
+    TestAsyncReq before;
+    test_async_write_start(&before, blk, 0, 0xaa);
     cr_assert_eq(hold_held(h), 1);
 
     ReopenOp op;
@@ -223,8 +174,8 @@ Test(reopen, file_change_waits_for_request_in_flight)
 
     /* a request issued now is held by the backend, not lost */
     hold_set_enabled(h, false);
-    Req after;
-    write_start(&after, blk, 4096, 0xbb);
+    TestAsyncReq after;
+    test_async_write_start(&after, blk, 4096, 0xbb);
     cr_assert_not(atomic_load(&after.done));
 
     hold_release_all(h);
@@ -247,25 +198,25 @@ Test(reopen, file_change_waits_for_request_in_flight)
 Test(reopen, unrelated_chain_keeps_running)
 {
     global_lock_assert_held();
-    BlockNode *h = must_open("driver=hold,node-name=h0,file.driver=mem,"
-                             "file.node-name=m0,file.size=1M");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file.driver=mem,"
+                                  "file.node-name=m0,file.size=1M");
     BlockBackend *blk = backend_on(h, RW);
-    BlockNode *m9 = must_open("driver=mem,node-name=m9,size=1M");
+    BlockNode *m9 = test_open_node("driver=mem,node-name=m9,size=1M");
     BlockBackend *other = blk_new("e9", RW, BLK_PERM_ALL);
     Error *err = NULL;
     cr_assert_eq(blk_insert_node(other, m9, &err), 0);
 
     hold_set_enabled(h, true);
-    Req stuck;
-    write_start(&stuck, blk, 0, 0x11);
+    TestAsyncReq stuck;
+    test_async_write_start(&stuck, blk, 0, 0x11);
     ReopenOp op;
     reopen_start(&op, "[{\"driver\": \"hold\", \"node-name\": \"h0\","
                       " \"file\": \"m0\", \"detect-zeroes\": \"on\"}]");
     cr_assert_not(atomic_load(&op.done));
 
     /* the reopen waits on its own chain only */
-    Req free_write;
-    write_start(&free_write, other, 0, 0x22);
+    TestAsyncReq free_write;
+    test_async_write_start(&free_write, other, 0, 0x22);
     wait_flag(&free_write.done);
     cr_assert_eq(free_write.ret, 0);
     cr_assert_eq(mem_data(m9)[0], 0x22);
@@ -286,17 +237,17 @@ Test(reopen, unrelated_chain_keeps_running)
 Test(reopen, two_reopens_racing_on_one_node)
 {
     global_lock_assert_held();
-    BlockNode *m0 = must_open("driver=mem,node-name=m0,size=1M");
-    BlockNode *m1 = must_open("driver=mem,node-name=m1,size=1M");
-    BlockNode *m2 = must_open("driver=mem,node-name=m2,size=1M");
-    BlockNode *h = must_open("driver=hold,node-name=h0,file=m0");
+    BlockNode *m0 = test_open_node("driver=mem,node-name=m0,size=1M");
+    BlockNode *m1 = test_open_node("driver=mem,node-name=m1,size=1M");
+    BlockNode *m2 = test_open_node("driver=mem,node-name=m2,size=1M");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file=m0");
     BlockBackend *blk = backend_on(h, RW);
 
     /* Reopens run one at a time, in order: the second sees the first's
      * result (file = m1) and builds on it. */
     hold_set_enabled(h, true);
-    Req stuck;
-    write_start(&stuck, blk, 0, 0x33);
+    TestAsyncReq stuck;
+    test_async_write_start(&stuck, blk, 0, 0x33);
     ReopenOp a, b;
     reopen_start(&a, "[{\"driver\": \"hold\", \"node-name\": \"h0\", \"file\": \"m1\"}]");
     reopen_start(&b, "[{\"driver\": \"hold\", \"node-name\": \"h0\", \"file\": \"m2\"}]");
@@ -349,17 +300,17 @@ Test(reopen, backing_changed_by_another_command_meanwhile)
     for (int i = 0; i < 3; i++) {
         snprintf(def, sizeof(def), "driver=qcow2,node-name=b%d,read-only=on,"
                  "file.driver=file,file.filename=%s/b%d.qcow2", i + 1, dir, i + 1);
-        b[i] = must_open(def);
+        b[i] = test_open_node(def);
     }
     snprintf(def, sizeof(def), "driver=file,node-name=ft,filename=%s/top.qcow2", dir);
-    must_open(def);
-    BlockNode *h = must_open("driver=hold,node-name=h,file=ft");
-    BlockNode *top = must_open("driver=qcow2,node-name=top,file=h,backing=b1");
+    test_open_node(def);
+    BlockNode *h = test_open_node("driver=hold,node-name=h,file=ft");
+    BlockNode *top = test_open_node("driver=qcow2,node-name=top,file=h,backing=b1");
     BlockBackend *blk = backend_on(top, RW);
 
     hold_set_enabled(h, true);
-    Req stuck;                  /* allocated in top: read through h */
-    read_start(&stuck, blk, 0);
+    TestAsyncReq stuck;     /* allocated in top: read through h */
+    test_async_read_start(&stuck, blk, 0);
     cr_assert_geq(hold_held(h), 1);
     ReopenOp op;
     reopen_start(&op, "[{\"driver\": \"qcow2\", \"node-name\": \"top\","
@@ -388,10 +339,10 @@ Test(reopen, backing_changed_by_another_command_meanwhile)
 Test(reopen, failure_rolls_every_node_back)
 {
     global_lock_assert_held();
-    BlockNode *m0 = must_open("driver=mem,node-name=m0,size=1M");
-    must_open("driver=mem,node-name=m1,size=1M");
-    BlockNode *h = must_open("driver=hold,node-name=h0,file=m0");
-    BlockNode *x = must_open("driver=mem,node-name=x,size=1M");
+    BlockNode *m0 = test_open_node("driver=mem,node-name=m0,size=1M");
+    test_open_node("driver=mem,node-name=m1,size=1M");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file=m0");
+    BlockNode *x = test_open_node("driver=mem,node-name=x,size=1M");
     BlockBackend *blk = backend_on(x, RW);
     json_t *h_opts = json_deep_copy(h->options);
 
@@ -415,9 +366,9 @@ Test(reopen, failure_rolls_every_node_back)
 Test(reopen, refusals)
 {
     global_lock_assert_held();
-    must_open("driver=mem,node-name=m0,size=1M");
-    must_open("driver=hold,node-name=h0,file=m0");
-    must_open("driver=hold,node-name=h1,file=h0");
+    test_open_node("driver=mem,node-name=m0,size=1M");
+    test_open_node("driver=hold,node-name=h0,file=m0");
+    test_open_node("driver=hold,node-name=h1,file=h0");
 
     reopen_fails("[{\"driver\": \"mem\", \"node-name\": \"nope\", \"size\": 1}]",
                  "Failed to find node with node-name='nope'");
@@ -466,8 +417,8 @@ static void coroutine_fn set_ro_entry(void *opaque)
 Test(reopen, set_read_only_carries_nested_children)
 {
     global_lock_assert_held();
-    BlockNode *h = must_open("driver=hold,node-name=h0,file.driver=mem,"
-                             "file.node-name=m0,file.size=1M");
+    BlockNode *h = test_open_node("driver=hold,node-name=h0,file.driver=mem,"
+                                  "file.node-name=m0,file.size=1M");
     BlockNode *m = file_of(h);
     BlockBackend *blk = backend_on(h, BLK_PERM_CONSISTENT_READ);
 
@@ -488,8 +439,8 @@ Test(reopen, set_read_only_carries_nested_children)
 Test(reopen, option_helpers)
 {
     global_lock_assert_held();
-    BlockNode *m = must_open("{\"driver\": \"mem\", \"node-name\": \"m0\","
-                             " \"size\": 65536, \"zeroes\": true}");
+    BlockNode *m = test_open_node("{\"driver\": \"mem\", \"node-name\": \"m0\","
+                                  " \"size\": 65536, \"zeroes\": true}");
     BlockReopenState rs = { .bs = m };
     rs.options = json_pack("{s:s, s:s, s:i}", "driver", "mem", "node-name", "m0",
                            "size", 65536);

@@ -37,20 +37,32 @@ static void group_create(const char *id, const char *limits_json) GS
     json_decref(limits);
 }
 
+static void group_set_limits(const char *id, const char *limits_json) GS
+{
+    Error *err = NULL;
+    json_t *limits = json_loads(limits_json, 0, NULL);
+    cr_assert_eq(throttle_group_set_limits(throttle_group_find(id), limits, &err),
+                 0, "%s", error_get_pretty(err));
+    json_decref(limits);
+}
+
 static void chain_open(Chain *c, const char *name, const char *group) GS
 {
     char def[256];
-    Error *err = NULL;
     snprintf(def, sizeof(def), "driver=mem,node-name=m%s,size=4M", name);
-    c->mem = open_def(def, &err);
-    cr_assert_not_null(c->mem, "%s", error_get_pretty(err));
+    c->mem = test_open_node(def);
     snprintf(def, sizeof(def), "driver=throttle,node-name=t%s,throttle-group=%s,"
              "file=m%s", name, group, name);
-    c->thr = open_def(def, &err);
-    cr_assert_not_null(c->thr, "%s", error_get_pretty(err));
+    c->thr = test_open_node(def);
     snprintf(def, sizeof(def), "e%s", name);
-    c->blk = blk_new(def, RW, BLK_PERM_ALL);
-    cr_assert_eq(blk_insert_node(c->blk, c->thr, &err), 0, "%s", error_get_pretty(err));
+    c->blk = test_backend_on(def, c->thr, RW, BLK_PERM_ALL);
+}
+
+/* Group "g" with these limits and chain "0" in it. */
+static void chain_open_in_new_group(Chain *c, const char *limits_json) GS
+{
+    group_create("g", limits_json);
+    chain_open(c, "0", "g");
 }
 
 /* A batch of 4k writes, each in its own coroutine on the calling thread.
@@ -102,6 +114,13 @@ static void batch_init(Batch *b, BlockBackend *blk, int n)
     memset(b->buf, 0x5a, sizeof(b->buf));
 }
 
+/* A batch of n writes on blk, the first `started` of them started. */
+static void batch_begin(Batch *b, BlockBackend *blk, int n, int started)
+{
+    batch_init(b, blk, n);
+    batch_start(b, 0, started, batch_reqs);
+}
+
 /* Lets the main loop run for ns: for checks that nothing happens. */
 static void timer_flag_cb(void *opaque)
 {
@@ -117,17 +136,12 @@ static void run_loop_for(int64_t ns)
     wait_flag(&fired);
 }
 
-typedef struct Op {
-    BlockNode *bs;
-    _Atomic bool done;
-} Op;
-
-static void coroutine_fn quiesce_entry(void *opaque)
+/* Begins a section of bs; returns how long that took. */
+static int64_t quiesce_begin_timed(BlockNode *bs) GS
 {
-    global_lock_assert_held();
-    Op *op = opaque;
-    bdrv_co_quiesce_begin(op->bs);
-    atomic_store(&op->done, true);
+    int64_t t0 = clock_ns();
+    test_quiesce_begin_now(bs);
+    return clock_ns() - t0;
 }
 
 static int mem_writes(BlockNode *mem)
@@ -144,13 +158,11 @@ static int mem_writes(BlockNode *mem)
 Test(throttle, requests_are_paced)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 20}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 20}");
     static Batch b;
-    batch_init(&b, c.blk, 12);
     int64_t start = clock_ns();
-    batch_start(&b, 0, 12, batch_reqs);
+    batch_begin(&b, c.blk, 12, 12);
     cr_assert_lt(atomic_load(&b.completed), 12, "12 requests cannot go at once");
     cr_assert_gt(throttle_node_queued(c.thr), 0);
     wait_flag(&b.all_done);
@@ -186,21 +198,15 @@ Test(throttle, requests_are_paced)
 Test(throttle, section_below_holds_queue_and_returns_at_once)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 20}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 20}");
     static Batch b;
-    batch_init(&b, c.blk, 20);
-    batch_start(&b, 0, 19, batch_reqs);
+    batch_begin(&b, c.blk, 20, 19);
     int passed = mem_writes(c.mem);
     cr_assert_eq(throttle_node_queued(c.thr), 19 - passed);
     cr_assert_geq(throttle_node_queued(c.thr), 16);
 
-    Op q = { .bs = c.mem };
-    int64_t t0 = clock_ns();
-    co_spawn(quiesce_entry, &q);
-    wait_flag(&q.done);
-    int64_t took = clock_ns() - t0;
+    int64_t took = quiesce_begin_timed(c.mem);
     cr_assert_lt(took, 100 * MS, "quiesce_begin waited %lld ms for the queue",
                  (long long)(took / MS));
     cr_assert_gt(atomic_load(&c.thr->quiesce_counter), 0);
@@ -250,13 +256,11 @@ static void coroutine_fn drain_entry(void *opaque)
 Test(throttle, backend_drain_waits_at_the_rate)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 20}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 20}");
     static Batch b;
-    batch_init(&b, c.blk, 10);
     int64_t t0 = clock_ns();
-    batch_start(&b, 0, 10, batch_reqs);
+    batch_begin(&b, c.blk, 10, 10);
     run_co(drain_entry, &b);
     int64_t took = clock_ns() - t0;
     cr_assert(atomic_load(&b.all_done));
@@ -271,20 +275,14 @@ Test(throttle, backend_drain_waits_at_the_rate)
 Test(throttle, set_limits_retimes_queue)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 1}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 1}");
     static Batch b;
-    batch_init(&b, c.blk, 6);
-    batch_start(&b, 0, 6, batch_reqs);
+    batch_begin(&b, c.blk, 6, 6);
     cr_assert_geq(throttle_node_queued(c.thr), 4);
 
-    Error *err = NULL;
-    json_t *limits = json_loads("{\"iops-total\": 1000}", 0, NULL);
     int64_t t0 = clock_ns();
-    cr_assert_eq(throttle_group_set_limits(throttle_group_find("g"), limits, &err),
-                 0, "%s", error_get_pretty(err));
-    json_decref(limits);
+    group_set_limits("g", "{\"iops-total\": 1000}");
     wait_flag(&b.all_done);
     int64_t took = clock_ns() - t0;
     cr_assert_lt(took, 300 * MS, "queue not re-timed: %lld ms", (long long)(took / MS));
@@ -429,34 +427,16 @@ static void coroutine_fn flush_entry(void *opaque)
 Test(throttle, flush_is_not_throttled)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 1}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 1}");
     static Batch b;
-    batch_init(&b, c.blk, 4);
-    batch_start(&b, 0, 4, batch_reqs);
+    batch_begin(&b, c.blk, 4, 4);
     cr_assert_geq(throttle_node_queued(c.thr), 2);
     run_co(flush_entry, &b);
     cr_assert_eq(b.ret[MAX_REQS - 1], 0);
     cr_assert_geq(throttle_node_queued(c.thr), 2, "flush waited for the queue");
-    Error *err = NULL;
-    json_t *limits = json_loads("{\"iops-total\": 0}", 0, NULL);
-    cr_assert_eq(throttle_group_set_limits(throttle_group_find("g"), limits, &err), 0);
-    json_decref(limits);
+    group_set_limits("g", "{\"iops-total\": 0}");
     wait_flag(&b.all_done);
-}
-
-/* A TestReq in its own coroutine; `done` when it returns. */
-typedef struct AsyncReq {
-    TestReq r;
-    _Atomic bool done;
-} AsyncReq;
-
-static void coroutine_fn async_req_entry(void *opaque)
-{
-    AsyncReq *a = opaque;
-    test_req_co(&a->r);
-    atomic_store(&a->done, true);
 }
 
 /*
@@ -467,23 +447,20 @@ Test(throttle, zeroes_and_discard_count_as_writes)
 {
     global_lock_assert_held();
     group_create("g", "{\"iops-write\": 1}");
-    Error *err = NULL;
-    BlockNode *mem = open_def("driver=mem,node-name=m0,size=1M,discard=unmap", &err);
-    cr_assert_not_null(mem, "%s", error_get_pretty(err));
-    BlockNode *thr = open_def("driver=throttle,node-name=t0,throttle-group=g,"
-                              "file=m0,discard=unmap", &err);
-    cr_assert_not_null(thr, "%s", error_get_pretty(err));
-    BlockBackend *blk = blk_new("e0", RW, BLK_PERM_ALL);
-    cr_assert_eq(blk_insert_node(blk, thr, &err), 0, "%s", error_get_pretty(err));
+    BlockNode *mem = test_open_node("driver=mem,node-name=m0,size=1M,discard=unmap");
+    BlockNode *thr = test_open_node("driver=throttle,node-name=t0,throttle-group=g,"
+                                    "file=m0,discard=unmap");
+    BlockBackend *blk = test_backend_on("e0", thr, RW, BLK_PERM_ALL);
 
-    static AsyncReq reqs[3];
+    static TestReq reqs[3];
+    static TestCo cos[3];
     const TestReqKind kinds[3] = { REQ_ZERO, REQ_DISCARD, REQ_ZERO };
     for (int i = 0; i < 3; i++) {
-        reqs[i].r = (TestReq){ .kind = kinds[i], .blk = blk, .off = i * 4096,
-                               .len = 4096, .flags = BDRV_REQ_MAY_UNMAP };
-        co_spawn(async_req_entry, &reqs[i]);
+        reqs[i] = (TestReq){ .kind = kinds[i], .blk = blk, .off = i * 4096,
+                             .len = 4096, .flags = BDRV_REQ_MAY_UNMAP };
+        test_co_start(&cos[i], test_req_co, &reqs[i]);
     }
-    cr_assert(reqs[0].done, "the first write goes at once");
+    cr_assert(cos[0].done, "the first write goes at once");
     cr_assert_eq(throttle_node_queued(thr), 2, "discard and zeroes queue as writes");
 
     static uint8_t buf[4096];
@@ -492,12 +469,10 @@ Test(throttle, zeroes_and_discard_count_as_writes)
     cr_assert_eq(rd.ret, 0);
     cr_assert_eq(throttle_node_queued(thr), 2, "a read is not held by iops-write");
 
-    json_t *limits = json_loads("{\"iops-write\": 0}", 0, NULL);
-    cr_assert_eq(throttle_group_set_limits(throttle_group_find("g"), limits, &err), 0);
-    json_decref(limits);
+    group_set_limits("g", "{\"iops-write\": 0}");
     for (int i = 0; i < 3; i++) {
-        wait_flag(&reqs[i].done);
-        cr_assert_eq(reqs[i].r.ret, 0);
+        wait_flag(&cos[i].done);
+        cr_assert_eq(reqs[i].ret, 0);
     }
     MemStats st;
     mem_stats(mem, &st);
@@ -524,9 +499,7 @@ Test(throttle, section_holds_one_member_only)
     batch_start(&bb, 0, 8, batch_reqs + MAX_REQS);
     cr_assert_gt(throttle_node_queued(a.thr), 0);
 
-    Op q = { .bs = a.mem };
-    co_spawn(quiesce_entry, &q);
-    wait_flag(&q.done);
+    test_quiesce_begin_now(a.mem);
     int a_writes = mem_writes(a.mem);
     wait_flag(&bb.all_done);
     cr_assert_eq(mem_writes(a.mem), a_writes, "the held member dispatched");
@@ -544,20 +517,14 @@ Test(throttle, section_holds_one_member_only)
 Test(throttle, section_of_the_node_itself_drains_at_the_rate)
 {
     global_lock_assert_held();
-    group_create("g", "{\"iops-total\": 20}");
     Chain c;
-    chain_open(&c, "0", "g");
+    chain_open_in_new_group(&c, "{\"iops-total\": 20}");
     static Batch b;
-    batch_init(&b, c.blk, 10);
-    batch_start(&b, 0, 10, batch_reqs);
+    batch_begin(&b, c.blk, 10, 10);
     int queued = throttle_node_queued(c.thr);
     cr_assert_geq(queued, 6);
 
-    Op q = { .bs = c.thr };
-    int64_t t0 = clock_ns();
-    co_spawn(quiesce_entry, &q);
-    wait_flag(&q.done);
-    int64_t took = clock_ns() - t0;
+    int64_t took = quiesce_begin_timed(c.thr);
     cr_assert(atomic_load(&b.all_done), "the section waits for the queue");
     cr_assert_geq(took, (int64_t)(queued - 1) * 50 * MS - 30 * MS,
                   "%d queued requests flushed in %lld ms", queued,
@@ -609,8 +576,7 @@ Test(throttle, reopen_switches_group)
     error_free(err);
 
     static Batch b;
-    batch_init(&b, c.blk, 2);
-    batch_start(&b, 0, 2, batch_reqs);
+    batch_begin(&b, c.blk, 2, 2);
     wait_flag(&b.all_done);
     cr_assert_eq(b.ret[0], 0);
 }

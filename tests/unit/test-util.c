@@ -10,6 +10,7 @@
 
 #include "block-gs.h"
 #include "loop/loop.h"
+#include "options.h"
 #include "util/threads.h"
 #include "test-util.h"
 
@@ -54,24 +55,44 @@ void test_tmpdir_remove(const char *dir)
     }
 }
 
-typedef struct RunCo {
-    CoroutineEntry *fn;
-    void *opaque;
-    _Atomic bool done;
-} RunCo;
-
-static void coroutine_fn run_co_entry(void *opaque)
+static void coroutine_fn test_co_entry(void *opaque)
 {
-    RunCo *r = opaque;
-    r->fn(r->opaque);
-    atomic_store(&r->done, true);
+    TestCo *co = opaque;
+    co->fn(co->opaque);
+    atomic_store(&co->done, true);
+}
+
+void test_co_start(TestCo *co, CoroutineEntry *fn, void *opaque)
+{
+    *co = (TestCo){ .fn = fn, .opaque = opaque };
+    co_spawn(test_co_entry, co);
 }
 
 void run_co(CoroutineEntry *fn, void *opaque)
 {
-    RunCo r = { .fn = fn, .opaque = opaque };
-    co_spawn(run_co_entry, &r);
-    wait_flag(&r.done);
+    TestCo co;
+    test_co_start(&co, fn, opaque);
+    wait_flag(&co.done);
+}
+
+static void coroutine_fn quiesce_begin_co(void *opaque)
+{
+    global_lock_assert_held();
+    bdrv_co_quiesce_begin(opaque);
+}
+
+void test_quiesce_begin_start(TestCo *co, BlockNode *bs)
+{
+    GS_CODE();
+    test_co_start(co, quiesce_begin_co, bs);
+}
+
+void test_quiesce_begin_now(BlockNode *bs)
+{
+    GS_CODE();
+    TestCo co;
+    test_quiesce_begin_start(&co, bs);
+    wait_flag(&co.done);
 }
 
 void wait_flag(_Atomic bool *flag)
@@ -180,6 +201,100 @@ void coroutine_fn test_req_co(void *opaque)
         }
         break;
     }
+}
+
+void coroutine_fn test_async_req_co(void *opaque)
+{
+    TestAsyncReq *r = opaque;
+    IOVector v;
+    iov_init_buf(&v, r->buf, sizeof(r->buf));
+    r->ret = r->read ? blk_co_preadv(r->blk, r->offset, sizeof(r->buf), &v, 0)
+                     : blk_co_pwritev(r->blk, r->offset, sizeof(r->buf), &v, 0);
+    atomic_store(&r->done, true);
+}
+
+void test_async_write_init(TestAsyncReq *r, BlockBackend *blk, int64_t offset,
+                           uint8_t byte)
+{
+    memset(r, 0, sizeof(*r));
+    r->blk = blk;
+    r->offset = offset;
+    memset(r->buf, byte, sizeof(r->buf));
+}
+
+void test_async_write_start(TestAsyncReq *r, BlockBackend *blk, int64_t offset,
+                            uint8_t byte)
+{
+    test_async_write_init(r, blk, offset, byte);
+    co_spawn(test_async_req_co, r);
+}
+
+void test_async_read_start(TestAsyncReq *r, BlockBackend *blk, int64_t offset)
+{
+    memset(r, 0, sizeof(*r));
+    r->blk = blk;
+    r->offset = offset;
+    r->read = true;
+    co_spawn(test_async_req_co, r);
+}
+
+typedef struct OpenDef {
+    json_t *def;
+    Error **errp;
+    BlockNode *bs;
+} OpenDef;
+
+static void coroutine_fn open_def_co(void *opaque)
+{
+    global_lock_assert_held();
+    OpenDef *o = opaque;
+    o->bs = bdrv_co_open_blockdev(o->def, o->errp);
+}
+
+BlockNode *test_open_def(const char *text, Error **errp)
+{
+    GS_CODE();
+    OpenDef o = { .errp = errp };
+    o.def = defn_parse(text, errp);
+    if (!o.def) {
+        return NULL;
+    }
+    if (blockdev_def_check(o.def, text[0] != '{', errp) == 0) {
+        run_co(open_def_co, &o);
+    }
+    json_decref(o.def);
+    return o.bs;
+}
+
+/* Prints what failed and why, and aborts. */
+static void util_fail(const char *what, const char *arg, Error *err)
+{
+    fprintf(stderr, "test-util: %s '%s': %s\n", what, arg,
+            err ? error_get_pretty(err) : "(no error message)");
+    abort();
+}
+
+BlockNode *test_open_node(const char *keyval)
+{
+    GS_CODE();
+    Error *err = NULL;
+    BlockNode *bs = test_open_def(keyval, &err);
+    if (!bs) {
+        util_fail("open", keyval, err);
+    }
+    return bs;
+}
+
+BlockBackend *test_backend_on(const char *name, BlockNode *bs, uint64_t perm,
+                              uint64_t shared)
+{
+    GS_CODE();
+    Error *err = NULL;
+    BlockBackend *blk = blk_new(name, perm, shared);
+    if (blk_insert_node(blk, bs, &err) < 0) {
+        util_fail("attach backend", name, err);
+    }
+    return blk;
 }
 
 void coroutine_fn test_open_co(void *opaque)

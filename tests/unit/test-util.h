@@ -32,9 +32,24 @@ void test_tmpdir_create(char *dir, size_t len, const char *prefix);
 /* Removes dir and everything in it; complains on stderr if it cannot. */
 void test_tmpdir_remove(const char *dir);
 
+/* fn(opaque) in a coroutine of its own; `done` when fn returns. */
+typedef struct TestCo {
+    CoroutineEntry *fn;
+    void *opaque;
+    _Atomic bool done;
+} TestCo;
+
+/* Spawns fn(opaque) on the calling thread's loop; returns as soon as the
+ * coroutine first waits (or has finished). */
+void test_co_start(TestCo *co, CoroutineEntry *fn, void *opaque);
 /* Runs fn(opaque) in a coroutine on the main loop, iterating the loop until
  * it returns. */
 void run_co(CoroutineEntry *fn, void *opaque);
+/* bdrv_co_quiesce_begin(bs) in a coroutine of its own: _start returns when
+ * it first waits (co->done tells whether the section has begun), _now when
+ * the section has begun.  The caller ends it with bdrv_quiesce_end(bs). */
+void test_quiesce_begin_start(TestCo *co, BlockNode *bs) GS;
+void test_quiesce_begin_now(BlockNode *bs) GS;
 /* Iterates the main loop until *flag becomes true (set by a coroutine or a
  * bottom half).  The criterion timeout is the guard. */
 void wait_flag(_Atomic bool *flag);
@@ -69,6 +84,39 @@ typedef struct TestReq {
 } TestReq;
 
 void coroutine_fn test_req_co(void *opaque);
+
+/* A 4 KiB read or write in a coroutine of its own, for tests that hold
+ * requests in flight; `done` when it returns.  I/O: any thread. */
+typedef struct TestAsyncReq {
+    BlockBackend *blk;
+    int64_t offset;
+    bool read;
+    uint8_t buf[4096];          /* a write's data (all `byte`), a read's result */
+    int ret;
+    _Atomic bool done;
+} TestAsyncReq;
+
+/* Fills in r (the write's buffer too) without starting it: for a start on
+ * another thread, with test_async_req_co as the coroutine. */
+void test_async_write_init(TestAsyncReq *r, BlockBackend *blk, int64_t offset,
+                           uint8_t byte);
+void coroutine_fn test_async_req_co(void *opaque);
+/* Spawn the request on the calling thread and return when it first waits
+ * (or has finished). */
+void test_async_write_start(TestAsyncReq *r, BlockBackend *blk, int64_t offset,
+                            uint8_t byte);
+void test_async_read_start(TestAsyncReq *r, BlockBackend *blk, int64_t offset);
+
+/* Parses a definition (JSON, or key=value coerced as on the command line)
+ * and opens it as blockdev-add would; NULL with *errp on error. */
+BlockNode *test_open_def(const char *text, Error **errp) GS;
+/* test_open_def() that must succeed: prints the definition and the error and
+ * aborts (the runner reports a crashed test) if it does not. */
+BlockNode *test_open_node(const char *keyval) GS;
+/* A backend `name` with perm/shared attached to bs; prints the error and
+ * aborts if the attach fails. */
+BlockBackend *test_backend_on(const char *name, BlockNode *bs, uint64_t perm,
+                              uint64_t shared) GS;
 
 /* A node opened from a definition, as blockdev-add would, by
  * run_co(test_open_co, &o); held through a backend named "test" unless
