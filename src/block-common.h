@@ -76,6 +76,25 @@ enum {
     BDRV_BLOCK_RECURSE   = 1 << 4,  /* ask *file for DATA/ZERO (formats) */
 };
 
+/*
+ * Named event points inside a format (fault injection, DESIGN "inject"
+ * filter): the format raises one on its file child just before the I/O of
+ * that step, so that a rule of an `inject` node below can fail exactly that
+ * I/O.  The names are the QMP/CLI spelling (bdrv_debug_event_name).
+ */
+typedef enum BlkDebugEvent {
+    BLKDBG_L2_UPDATE,        /* "l2-update": an L2 table (or L1 entry) is written */
+    BLKDBG_REFBLOCK_ALLOC,   /* "refblock-alloc": a refcount block is allocated */
+    BLKDBG_COW_READ,         /* "cow-read": the unchanged part of a cluster is read for COW */
+    BLKDBG_COW_WRITE,        /* "cow-write": ... and written to the new cluster */
+    BLKDBG_HEADER_UPDATE,    /* "header-update": a header field is rewritten */
+    BLKDBG_EVENT_MAX,
+} BlkDebugEvent;
+/* "l2-update", ...; NULL for an out-of-range value.  Pure. */
+const char *bdrv_debug_event_name(BlkDebugEvent ev);
+/* The event called name, or -1.  Pure. */
+int bdrv_debug_event_parse(const char *name);
+
 /* Limits a node publishes (refresh_limits); io.c enforces them. */
 typedef struct BlockLimits {
     uint32_t request_alignment;   /* bytes; reads/writes are aligned to this */

@@ -65,6 +65,14 @@ int coroutine_fn bdrv_co_truncate(BlockChild *child, int64_t offset, bool exact,
                                   Error **errp) GRAPH_RDLOCK;
 
 /*
+ * Raises a named event point (BlkDebugEvent) on child: the first node at or
+ * below child->node (following "file" children) whose driver has
+ * co_debug_event gets it; nothing happens when none has.  Cheap when no
+ * inject node is there: a walk of the file chain.
+ */
+void coroutine_fn bdrv_co_debug_event(BlockChild *child, BlkDebugEvent ev) GRAPH_RDLOCK;
+
+/*
  * Backend-level requests: the entry points for exports and jobs.
  * Each takes the graph read lock for the request's trip, counts itself in
  * the backend's in-flight counter, and waits while the backend is quiesced.

@@ -177,6 +177,14 @@ struct BlockDriver {
                                     Error **errp) GRAPH_RDLOCK_PTR;
 
     /*
+     * co_debug_event — lock: graph read lock (I/O); in flight: yes; threads:
+     * any, at once.  A format above raised a named event point
+     * (bdrv_co_debug_event) in the current coroutine; the next I/O this
+     * coroutine sends here is that step's.  Only the inject filter has it.
+     */
+    void coroutine_fn (*co_debug_event)(BlockNode *bs, BlkDebugEvent ev) GRAPH_RDLOCK_PTR;
+
+    /*
      * Internal snapshots (QMP blockdev-snapshot-internal-sync and
      * -delete-internal-sync, `diskstack snapshot --internal`).
      * lock: GS (a coroutine on the main loop); in flight: may be — the

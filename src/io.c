@@ -672,6 +672,42 @@ int coroutine_fn bdrv_co_flush(BlockNode *bs)
     return ret;
 }
 
+/* ---- named event points (fault injection) ---- */
+
+static const char *const debug_event_names[BLKDBG_EVENT_MAX] = {
+    [BLKDBG_L2_UPDATE] = "l2-update",
+    [BLKDBG_REFBLOCK_ALLOC] = "refblock-alloc",
+    [BLKDBG_COW_READ] = "cow-read",
+    [BLKDBG_COW_WRITE] = "cow-write",
+    [BLKDBG_HEADER_UPDATE] = "header-update",
+};
+
+const char *bdrv_debug_event_name(BlkDebugEvent ev)
+{
+    return (unsigned)ev < BLKDBG_EVENT_MAX ? debug_event_names[ev] : NULL;
+}
+
+int bdrv_debug_event_parse(const char *name)
+{
+    for (int i = 0; i < BLKDBG_EVENT_MAX; i++) {
+        if (name && strcmp(name, debug_event_names[i]) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void coroutine_fn bdrv_co_debug_event(BlockChild *child, BlkDebugEvent ev)
+{
+    for (BlockNode *bs = child ? child->node : NULL; bs;
+         bs = bs->file ? bs->file->node : NULL) {
+        if (bs->drv->co_debug_event) {
+            bs->drv->co_debug_event(bs, ev);
+            return;
+        }
+    }
+}
+
 /* ---- block status ---- */
 
 static int coroutine_fn status_here(BlockNode *bs, int64_t offset, int64_t bytes,
