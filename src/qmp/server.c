@@ -54,6 +54,7 @@
 #include "loop/loop.h"
 #include "qmp/commands.h"
 #include "qmp/server.h"
+#include "block-events.h"
 
 #define QMP_MAX_MESSAGE (1024 * 1024)          /* bytes in one request */
 #define QMP_MAX_DEPTH 1024                     /* as QEMU's parser */
@@ -936,12 +937,14 @@ int qmp_server_start(const char *path, Error **errp)
     qs.listen_fd = fd;
     snprintf(qs.path, sizeof(qs.path), "%s", path);
     loop_set_fd_handler(loop_main(), fd, on_accept, NULL);
+    block_event_set_sink(qmp_emit_event);
     return 0;
 }
 
 void qmp_server_stop(void)
 {
     GS_CODE();
+    block_event_set_sink(NULL);
     if (qs.listen_fd >= 0) {
         loop_remove_fd_handler(loop_main(), qs.listen_fd);
         close(qs.listen_fd);
