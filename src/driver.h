@@ -35,6 +35,9 @@ typedef enum BlockOptType {
     OPT_ENUM,      /* string from enum_values */
     OPT_CHILD,     /* node name (string) or nested definition (object) */
     OPT_CHILD_OR_NULL, /* as OPT_CHILD, JSON null allowed (backing: null) */
+    OPT_JSON,      /* any JSON value, checked by the driver; JSON syntax only
+                    * (key=value cannot spell it: "Parameter 'x' needs the
+                    * JSON syntax"); e.g. the inject filter's "rules" */
 } BlockOptType;
 
 typedef struct BlockOptionDesc {

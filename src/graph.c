@@ -48,6 +48,7 @@ void block_init(void)
     bdrv_register(&bdrv_raw);
     { extern const BlockDriver bdrv_qcow2; bdrv_register(&bdrv_qcow2); }
     { extern const BlockDriver bdrv_throttle; bdrv_register(&bdrv_throttle); }
+    { extern const BlockDriver bdrv_inject; bdrv_register(&bdrv_inject); }
 }
 
 const BlockDriver *driver_lookup(const char *name)

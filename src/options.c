@@ -364,6 +364,18 @@ static int check_child(json_t *obj, const char *key, json_t *v,
     return def_check(v, cx->coerce, prefix, errp);
 }
 
+/* OPT_JSON: any value, but key=value (coerce) only has strings for it. */
+static int check_json(json_t *v, const CheckCtx *cx, const char *name,
+                      Error **errp)
+{
+    if (cx->coerce && json_is_string(v)) {
+        error_setg(errp, "Parameter '%s%s' needs the JSON syntax", cx->errprefix,
+                   name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int check_value(json_t *obj, const char *key, json_t *v,
                        const BlockOptionDesc *d, const CheckCtx *cx,
                        const char *name, Error **errp)
@@ -382,6 +394,8 @@ static int check_value(json_t *obj, const char *key, json_t *v,
     case OPT_CHILD:
     case OPT_CHILD_OR_NULL:
         return check_child(obj, key, v, d, cx, name, errp);
+    case OPT_JSON:
+        return check_json(v, cx, name, errp);
     }
     return 0;
 }

@@ -31,6 +31,7 @@
 #include "block-gs.h"
 #include "block-io.h"
 #include "driver.h"
+#include "filters/filter-util.h"
 #include "filters/throttle-int.h"
 
 typedef struct ThrottleNodeState {
@@ -57,7 +58,6 @@ static int coroutine_fn throttle_open(BlockNode *bs, json_t *options,
     GS_CODE();
     ThrottleNodeState *s = bs->opaque;
     const char *group = opt_str(options, "throttle-group", NULL);
-    BlockNode *file;
 
     if (!group) {
         error_setg(errp, "Please specify a throttle group");
@@ -72,13 +72,7 @@ static int coroutine_fn throttle_open(BlockNode *bs, json_t *options,
         throttle_member_leave(&s->member);
         return -EINVAL;
     }
-    bdrv_graph_rdlock_main_loop();
-    file = bs->file->node;
-    snprintf(bs->filename, sizeof(bs->filename), "%s", file->filename);
-    atomic_store(&bs->length, bdrv_getlength(file));
-    bs->supported_write_flags = file->supported_write_flags;
-    bs->supported_zero_flags = file->supported_zero_flags;
-    bdrv_graph_rdunlock_main_loop();
+    filter_inherit_from_child(bs);
     return 0;
 }
 
@@ -250,14 +244,7 @@ static int coroutine_fn throttle_co_block_status(BlockNode *bs, int64_t offset,
 static int coroutine_fn throttle_co_truncate(BlockNode *bs, int64_t offset,
                                              bool exact, Error **errp) GRAPH_RDLOCK
 {
-    IO_CODE();
-    int ret = bdrv_co_truncate(bs->file, offset, exact, errp);
-
-    if (ret == 0) {
-        atomic_store_explicit(&bs->length, bdrv_getlength(bs->file->node),
-                              memory_order_release);
-    }
-    return ret;
+    return filter_co_truncate(bs, offset, exact, errp);
 }
 
 /* ------------------------------------------------------------ reopen */

@@ -15,6 +15,7 @@
  *                   -delete-internal-sync, transaction, block_resize,
  *                   change-backing-file
  *   cmd-reopen.c    blockdev-reopen
+ *   cmd-inject.c    x-diskstack-inject-set/-clear/-query (inject filter)
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -58,5 +59,6 @@ extern const QmpCommandDef qmp_object_commands[];
 extern const QmpCommandDef qmp_snapshot_commands[];
 extern const QmpCommandDef qmp_reopen_commands[];
 extern const QmpCommandDef qmp_qom_commands[];
+extern const QmpCommandDef qmp_inject_commands[];
 
 #endif

@@ -1,0 +1,25 @@
+/*
+ * filter-util.h — what every filter driver (throttle, inject) does the
+ * same way with its one "file" child.
+ */
+#ifndef DISKSTACK_FILTER_UTIL_H
+#define DISKSTACK_FILTER_UTIL_H
+
+#include "block-common.h"
+
+/*
+ * GS (from a filter's open, after its "file" child is attached): the node
+ * shows the child's filename and length and supports the child's write and
+ * zero flags.
+ */
+void filter_inherit_from_child(BlockNode *bs) GS;
+
+/*
+ * co_truncate of a filter — lock: graph read lock; in flight: yes;
+ * threads: one resize per node at a time (io.c serialises).  Resizes the
+ * child and takes its new length.
+ */
+int coroutine_fn filter_co_truncate(BlockNode *bs, int64_t offset, bool exact,
+                                    Error **errp) GRAPH_RDLOCK;
+
+#endif
