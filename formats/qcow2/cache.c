@@ -188,10 +188,16 @@ static int coroutine_fn GRAPH_RDLOCK write_entry(Qcow2Cache *c, int i)
     CacheEntry *e = &c->e[i];
     if (e->offset < s->cluster_size) {
         /* Never write over the header, whatever the metadata says. */
-        return qcow2_signal_corruption(s, "%s table at host offset 0x%llx "
+        return qcow2_signal_corruption(s, (int64_t)e->offset, (int64_t)s->cluster_size,
+                                       "%s table at host offset 0x%llx "
                                        "overlaps the header", c->name,
                                        (unsigned long long)e->offset);
     }
+    if (c == s->l2_cache) {
+        bdrv_co_debug_event(s->bs->file, BLKDBG_L2_UPDATE);
+    }
+    /* A failed write leaves the entry dirty and in place (evict gives up
+     * on it rather than reuse its slot): the next write-back retries it. */
     int ret = bdrv_co_pwrite(s->bs->file, e->offset, s->cluster_size, e->table, 0);
     if (ret == 0) {
         e->dirty = false;

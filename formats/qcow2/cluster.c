@@ -69,7 +69,8 @@ static int coroutine_fn GRAPH_RDLOCK check_l2_offset(Qcow2State *s, uint32_t l1i
                                                      uint64_t l2_off)
 {
     if (!IS_ALIGNED(l2_off, s->cluster_size) || l2_off < s->cluster_size) {
-        return qcow2_signal_corruption(s, "L2 table offset 0x%llx (L1 entry %u) is "
+        return qcow2_signal_corruption(s, (int64_t)l2_off, (int64_t)s->cluster_size,
+                                       "L2 table offset 0x%llx (L1 entry %u) is "
                                        "invalid", (unsigned long long)l2_off, l1i);
     }
     return 0;
@@ -88,7 +89,8 @@ static int coroutine_fn GRAPH_RDLOCK check_l2_entry(Qcow2State *s, uint64_t gues
     bool over_rt = host < s->rt_offset + s->rt_clusters * cs && s->rt_offset < host + cs;
     if (!IS_ALIGNED(host, cs) || host < cs || over_l1 || over_rt) {
         /* never let a data write land on the header, L1 or refcount table */
-        return qcow2_signal_corruption(s, "data cluster offset 0x%llx for guest "
+        return qcow2_signal_corruption(s, (int64_t)host, (int64_t)cs,
+                                       "data cluster offset 0x%llx for guest "
                                        "offset 0x%llx is misaligned or overlaps "
                                        "the header, L1 table or refcount table",
                                        (unsigned long long)host,
@@ -153,6 +155,7 @@ static int coroutine_fn GRAPH_RDLOCK write_l1_entry(Qcow2State *s, uint64_t idx)
 {
     uint8_t buf[8];
     st_be64(buf, s->l1[idx]);
+    bdrv_co_debug_event(s->bs->file, BLKDBG_L2_UPDATE);
     return bdrv_co_pwrite(s->bs->file, s->l1_offset + idx * 8, 8, buf, 0);
 }
 
@@ -203,6 +206,7 @@ int64_t coroutine_fn qcow2_ensure_l2(Qcow2State *s, uint64_t off)
         ret = qcow2_cache_writeback(s->rb_cache);
     }
     if (ret == 0) {
+        bdrv_co_debug_event(s->bs->file, BLKDBG_L2_UPDATE);
         ret = bdrv_co_pwrite(s->bs->file, new_off, s->cluster_size, t, 0);
     }
     qcow2_cache_put(s->l2_cache, t);
@@ -214,7 +218,14 @@ int64_t coroutine_fn qcow2_ensure_l2(Qcow2State *s, uint64_t off)
     }
     s->l1[l1_idx] = (uint64_t)new_off | QCOW_OFLAG_COPIED;
     ret = write_l1_entry(s, l1_idx);
-    if (ret == 0 && old_off) {
+    if (ret < 0) {
+        /* The L1 entry on disk still names the old table: so must ours, or
+         * later L2 updates would go to a table the image never links (lost
+         * on reopen).  The new table's cluster leaks (refcount 1). */
+        s->l1[l1_idx] = old;
+        return ret;
+    }
+    if (old_off) {
         /* the L1 entry must be stable before the old table's refcount drops */
         ret = bdrv_co_flush(s->bs->file->node);
         if (ret == 0) {
@@ -278,12 +289,35 @@ int coroutine_fn qcow2_set_l2_entries(Qcow2State *s, uint64_t off, uint64_t n,
     return 0;
 }
 
+int coroutine_fn qcow2_write_l1(Qcow2State *s)
+{
+    IO_CODE();
+    uint8_t *buf = malloc(s->l1_size * 8ull + 8);
+    if (!buf) {
+        s->l1_stale = true;
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        st_be64(buf + i * 8ull, s->l1[i]);
+    }
+    bdrv_co_debug_event(s->bs->file, BLKDBG_L2_UPDATE);
+    int ret = bdrv_co_pwrite(s->bs->file, s->l1_offset, s->l1_size * 8ull, buf, 0);
+    free(buf);
+    /* Memory stays authoritative (its COPIED flags match the refcounts
+     * already changed in the cache): the disk copy is rewritten later. */
+    s->l1_stale = ret < 0;
+    return ret;
+}
+
 int coroutine_fn qcow2_flush_metadata(Qcow2State *s)
 {
     IO_CODE();
     int ret = qcow2_cache_writeback(s->l2_cache);  /* refcounts first, inside */
     if (ret == 0) {
         ret = qcow2_cache_writeback(s->rb_cache);
+    }
+    if (ret == 0 && s->l1_stale) {
+        ret = qcow2_write_l1(s);
     }
     if (ret == 0) {
         ret = bdrv_co_flush(s->bs->file->node);
@@ -353,14 +387,15 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min_size)
     if (ret == 0) {
         ret = bdrv_co_flush(s->bs->file->node);
     }
+    bool switched = false;
     if (ret == 0) {
         uint8_t hdr[12];
         st_be32(hdr, new_size);
         st_be64(hdr + 4, new_off);
-        ret = qcow2_header_update(s, QH_L1_SIZE_OFF, hdr, 12);
+        ret = qcow2_header_switch(s, QH_L1_SIZE_OFF, hdr, 12, &switched);
     }
     free(buf);
-    if (ret < 0) {
+    if (ret < 0 && !switched) {
         free(new_l1);
         return ret;
     }
@@ -369,5 +404,8 @@ int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min_size)
     s->l1 = new_l1;
     s->l1_size = new_size;
     s->l1_offset = new_off;
+    if (ret < 0) {
+        return ret;     /* written, flush failed: keep the old table (leak) */
+    }
     return old_bytes ? qcow2_free_clusters(s, old_off, old_bytes) : 0;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include "qcow2.h"
 #include "block-gs.h"
+#include "block-events.h"
 
 static const char *const incompat_names[] = {
     "dirty bit", "corrupt bit", "external data file", "compression type",
@@ -381,16 +382,26 @@ out:
     return ret;
 }
 
-int coroutine_fn qcow2_header_update(Qcow2State *s, uint32_t off, const void *buf,
-                                     size_t len)
+int coroutine_fn qcow2_header_switch(Qcow2State *s, uint32_t off, const void *buf,
+                                     size_t len, bool *written)
 {
     IO_CODE();
     BlockChild *file = s->bs->file;
+    bdrv_co_debug_event(file, BLKDBG_HEADER_UPDATE);
     int ret = bdrv_co_pwrite(file, off, len, buf, 0);
+    *written = ret == 0;
     if (ret < 0) {
         return ret;
     }
     return bdrv_co_flush(file->node);
+}
+
+int coroutine_fn qcow2_header_update(Qcow2State *s, uint32_t off, const void *buf,
+                                     size_t len)
+{
+    IO_CODE();
+    bool written;
+    return qcow2_header_switch(s, off, buf, len, &written);
 }
 
 /* Unknown autoclear bits must be cleared before we write anything: we do not
@@ -412,7 +423,30 @@ int coroutine_fn qcow2_clear_autoclear(Qcow2State *s)
     return ret;
 }
 
-int coroutine_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+/* BLOCK_IMAGE_CORRUPTED with QEMU's fields (qapi/block-core.json): device
+ * is "" (nodes here have no backend name), offset/size only when known;
+ * every corruption this driver detects is fatal (writes refused). */
+static void post_corrupted_event(Qcow2State *s, const char *msg, int64_t offset,
+                                 int64_t size)
+{
+    json_t *d = json_pack("{s:s, s:s, s:b}", "device", "", "msg", msg, "fatal", 1);
+    if (!d) {
+        return;
+    }
+    if (s->bs->node_name[0]) {
+        json_object_set_new(d, "node-name", json_string(s->bs->node_name));
+    }
+    if (offset >= 0) {
+        json_object_set_new(d, "offset", json_integer(offset));
+    }
+    if (size >= 0) {
+        json_object_set_new(d, "size", json_integer(size));
+    }
+    block_event_post("BLOCK_IMAGE_CORRUPTED", d);
+}
+
+int coroutine_fn qcow2_signal_corruption(Qcow2State *s, int64_t offset, int64_t size,
+                                         const char *fmt, ...)
 {
     IO_CODE();
     char msg[512];
@@ -421,12 +455,20 @@ int coroutine_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
 
+    /* Only the first detection (the transition to corrupt) is announced, as
+     * qemu does for fatal corruptions; later ones are only logged. */
     bool was = atomic_exchange(&s->corrupt, true);
     error_report("qcow2: image '%s' is corrupt: %s%s", s->bs->filename, msg,
                  was ? "" : "; further writes are refused");
-    if (!was && s->version >= 3 && !s->bs->read_only) {
+    if (was) {
+        return -EIO;
+    }
+    post_corrupted_event(s, msg, offset, size);
+    if (s->version >= 3 && !s->bs->read_only) {
+        /* Best effort: the in-memory flag refuses writes even if this fails. */
         uint8_t buf[8];
-        st_be64(buf, s->incompat | QCOW2_INCOMPAT_CORRUPT);
+        s->incompat |= QCOW2_INCOMPAT_CORRUPT;
+        st_be64(buf, s->incompat);
         qcow2_header_update(s, QH_INCOMPAT_OFF, buf, 8);
     }
     return -EIO;

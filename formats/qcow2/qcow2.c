@@ -145,7 +145,8 @@ static int coroutine_fn GRAPH_RDLOCK read_compressed(BlockNode *bs, uint64_t l2e
     if (ret == 0) {
         ret = qcow2_decompress(s->compression_type, cbuf, clen, buf, s->cluster_size);
         if (ret < 0) {
-            ret = qcow2_signal_corruption(s, "compressed cluster at host offset "
+            ret = qcow2_signal_corruption(s, (int64_t)coff, (int64_t)clen,
+                                          "compressed cluster at host offset "
                                           "0x%llx does not decompress",
                                           (unsigned long long)coff);
         }
@@ -258,6 +259,11 @@ static int coroutine_fn GRAPH_RDLOCK cow_read(BlockNode *bs, uint64_t old, uint6
 {
     IOVector v;
     iov_init_buf(&v, buf, len);
+    if (needs_host(bs->opaque, old)) {
+        /* only when the old data is read from the file: an event arms the
+         * next request this coroutine sends there */
+        bdrv_co_debug_event(bs->file, BLKDBG_COW_READ);
+    }
     return read_by_entry(bs, old, g + a, len, &v, 0);
 }
 
@@ -299,6 +305,9 @@ static int coroutine_fn GRAPH_RDLOCK write_new_clusters(BlockNode *bs, AllocWrit
         iov_concat(&v, qiov, qoff, w->bytes);
         if (tail) {
             iov_add(&v, tbuf, tail);
+        }
+        if (head || tail) {
+            bdrv_co_debug_event(bs->file, BLKDBG_COW_WRITE);
         }
         ret = bdrv_co_pwritev(bs->file, w->host, w->k * cs, &v, 0, 0);
         iov_destroy(&v);
@@ -707,8 +716,9 @@ static int coroutine_fn GRAPH_RDLOCK set_size(BlockNode *bs, uint64_t size)
     Qcow2State *s = bs->opaque;
     uint8_t buf[8];
     st_be64(buf, size);
-    int ret = qcow2_header_update(s, QH_SIZE_OFF, buf, 8);
-    if (ret == 0) {
+    bool written = false;
+    int ret = qcow2_header_switch(s, QH_SIZE_OFF, buf, 8, &written);
+    if (written) {           /* even if the flush failed: the file says so */
         s->size = size;
         atomic_store(&bs->length, (int64_t)size);
     }

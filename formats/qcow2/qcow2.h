@@ -156,6 +156,8 @@ typedef struct Qcow2State {
     CoMutex lock;
     uint64_t size;
     uint64_t *l1;                 /* host endian */
+    bool l1_stale;                /* a whole-L1 write failed: the next
+                                   * metadata flush writes it again */
     uint32_t l1_size;
     uint64_t l1_offset;
     uint64_t *rt;                 /* host endian */
@@ -234,6 +236,11 @@ int qcow2_check_tables(Qcow2State *s, int64_t file_len, Error **errp);
  * I/O, s->lock held (or during open/close). */
 int coroutine_fn qcow2_header_update(Qcow2State *s, uint32_t off,
                                      const void *buf, size_t len) GRAPH_RDLOCK;
+/* The same, for a header change that switches to a new structure: on
+ * error, *written says whether the write itself succeeded (only the flush
+ * failed) — then the file names the new structure and so must memory. */
+int coroutine_fn qcow2_header_switch(Qcow2State *s, uint32_t off, const void *buf,
+                                     size_t len, bool *written) GRAPH_RDLOCK;
 /* Clears unknown autoclear bits on disk before the first write. I/O, lock. */
 int coroutine_fn qcow2_clear_autoclear(Qcow2State *s) GRAPH_RDLOCK;
 /* Name of a feature bit from the image's feature table, or NULL. */
@@ -241,10 +248,13 @@ const char *qcow2_feature_name(const Qcow2State *s, int type, int bit);
 void qcow2_free_header(Qcow2State *s);
 /*
  * Marks the image corrupt (corrupt bit on disk for v3, flag in memory):
- * further writes fail with -EIO, reads continue.  I/O; returns -EIO.
+ * further writes fail with -EIO, reads continue.  The first call posts
+ * BLOCK_IMAGE_CORRUPTED (fatal) with the host `offset` and `size` of the
+ * structure at fault (-1: unknown).  I/O; returns -EIO.
  */
-int coroutine_fn qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
-    GRAPH_RDLOCK __attribute__((format(printf, 2, 3)));
+int coroutine_fn qcow2_signal_corruption(Qcow2State *s, int64_t offset, int64_t size,
+                                         const char *fmt, ...)
+    GRAPH_RDLOCK __attribute__((format(printf, 4, 5)));
 
 /*
  * cache.c (every function: I/O, s->lock held)
@@ -313,8 +323,12 @@ int coroutine_fn qcow2_set_l2_entries(Qcow2State *s, uint64_t off, uint64_t n,
  * longer points to them has been made stable). */
 int coroutine_fn qcow2_free_l2_entries(Qcow2State *s, const uint64_t *old, uint64_t n)
     GRAPH_RDLOCK;
-/* Writes dirty L2 tables after the refcounts they depend on are stable. */
+/* Writes dirty L2 tables after the refcounts they depend on are stable
+ * (and the whole L1 table if an earlier write of it failed). */
 int coroutine_fn qcow2_flush_metadata(Qcow2State *s) GRAPH_RDLOCK;
+/* Writes the whole active L1 table (snapshots).  On failure the table is
+ * marked stale and written again by the next qcow2_flush_metadata. */
+int coroutine_fn qcow2_write_l1(Qcow2State *s) GRAPH_RDLOCK;
 /* Grows the L1 table to at least min_size entries. */
 int coroutine_fn qcow2_grow_l1(Qcow2State *s, uint64_t min_size) GRAPH_RDLOCK;
 /* Host range [*off, *off+*len) of a compressed L2 entry. */

@@ -72,7 +72,8 @@ static int coroutine_fn GRAPH_RDLOCK check_block_offset(Qcow2State *s, uint64_t 
                                                         uint64_t off)
 {
     if (!IS_ALIGNED(off, s->cluster_size) || off < s->cluster_size) {
-        return qcow2_signal_corruption(s, "refcount block offset 0x%llx (refcount "
+        return qcow2_signal_corruption(s, (int64_t)off, (int64_t)s->cluster_size,
+                                       "refcount block offset 0x%llx (refcount "
                                        "table entry %llu) is invalid",
                                        (unsigned long long)off,
                                        (unsigned long long)bi);
@@ -118,6 +119,23 @@ static int coroutine_fn GRAPH_RDLOCK write_rt_entries(Qcow2State *s, uint64_t fi
         n -= k;
     }
     return 0;
+}
+
+/* Points refcount table entry bi at `off`, in memory and on disk.  If the
+ * disk write fails the entry is reset, so memory keeps agreeing with the
+ * image: otherwise refcounts would go to a block the image never links,
+ * and the clusters they protect would read as free after a reopen. */
+static int coroutine_fn GRAPH_RDLOCK set_rt_entry(Qcow2State *s, uint64_t bi,
+                                                  uint64_t off)
+{
+    uint64_t old = s->rt[bi];
+    s->rt[bi] = off;
+    bdrv_co_debug_event(s->bs->file, BLKDBG_REFBLOCK_ALLOC);   /* the hookup */
+    int ret = write_rt_entries(s, bi, 1);
+    if (ret < 0) {
+        s->rt[bi] = old;
+    }
+    return ret;
 }
 
 typedef struct GrowPlan {
@@ -192,19 +210,24 @@ static int coroutine_fn GRAPH_RDLOCK grow_table(Qcow2State *s, uint64_t min_entr
         return -ENOMEM;
     }
     ret = qcow2_grow_file(s, (P + total) * cs);
+    for (uint64_t i = 0; i < g.nb_blocks; i++) {
+        qcow2_cache_discard(s->rb_cache, (P + i) * cs);   /* written directly */
+    }
     if (ret == 0) {
+        bdrv_co_debug_event(s->bs->file, BLKDBG_REFBLOCK_ALLOC);
         ret = bdrv_co_pwrite(s->bs->file, P * cs, total * cs, buf, 0);
     }
     if (ret == 0) {
         ret = bdrv_co_flush(s->bs->file->node);
     }
+    bool switched = false;
     if (ret == 0) {
         uint8_t hdr[12];
         st_be64(hdr, (P + g.nb_blocks) * cs);
         st_be32(hdr + 8, g.table_clusters);
-        ret = qcow2_header_update(s, QH_RT_OFFSET_OFF, hdr, 12);
+        ret = qcow2_header_switch(s, QH_RT_OFFSET_OFF, hdr, 12, &switched);
     }
-    if (ret < 0) {
+    if (ret < 0 && !switched) {
         free(buf);
         free(new_rt);
         return ret;
@@ -219,6 +242,9 @@ static int coroutine_fn GRAPH_RDLOCK grow_table(Qcow2State *s, uint64_t min_entr
     s->rt_size = g.table_entries;
     s->rt_offset = (P + g.nb_blocks) * cs;
     s->rt_clusters = g.table_clusters;
+    if (ret < 0) {
+        return ret;     /* written, flush failed: keep the old table (leak) */
+    }
     return qcow2_update_refcount(s, old_off, old_clusters * cs, -1);
 }
 
@@ -243,6 +269,7 @@ static int coroutine_fn GRAPH_RDLOCK create_block(Qcow2State *s, uint64_t bi,
     /* The block must be on disk before the table entry points to it. */
     ret = qcow2_grow_file(s, off + s->cluster_size);
     if (ret == 0) {
+        bdrv_co_debug_event(s->bs->file, BLKDBG_REFBLOCK_ALLOC);
         ret = bdrv_co_pwrite(s->bs->file, off, s->cluster_size, rb, 0);
     }
     qcow2_cache_put(s->rb_cache, rb);
@@ -250,8 +277,12 @@ static int coroutine_fn GRAPH_RDLOCK create_block(Qcow2State *s, uint64_t bi,
         ret = bdrv_co_flush(s->bs->file->node);
     }
     if (ret == 0) {
-        s->rt[bi] = off;
-        ret = write_rt_entries(s, bi, 1);
+        ret = set_rt_entry(s, bi, off);
+    }
+    if (ret < 0) {
+        /* Not linked: the cached copy must not outlive the attempt (the
+         * cluster may later become data, or a block written directly). */
+        qcow2_cache_discard(s->rb_cache, off);
     }
     return ret;
 }
@@ -265,7 +296,8 @@ static int coroutine_fn GRAPH_RDLOCK update_one(Qcow2State *s, uint64_t cluster,
 
     if (!off) {
         if (delta < 0) {
-            return qcow2_signal_corruption(s, "freeing cluster 0x%llx that has "
+            return qcow2_signal_corruption(s, (int64_t)(cluster << s->cluster_bits),
+                (int64_t)s->cluster_size, "freeing cluster 0x%llx that has "
                 "no refcount block", (unsigned long long)(cluster << s->cluster_bits));
         }
         ret = create_block(s, bi, pending_end);
@@ -288,7 +320,8 @@ static int coroutine_fn GRAPH_RDLOCK update_one(Qcow2State *s, uint64_t cluster,
         if (delta > 0) {
             return -ERANGE;
         }
-        return qcow2_signal_corruption(s, "refcount of cluster 0x%llx would drop "
+        return qcow2_signal_corruption(s, (int64_t)(cluster << s->cluster_bits),
+            (int64_t)s->cluster_size, "refcount of cluster 0x%llx would drop "
             "below zero", (unsigned long long)(cluster << s->cluster_bits));
     }
     v += delta;
@@ -379,6 +412,41 @@ static uint64_t count_missing_ranges(Qcow2State *s, uint64_t first, uint64_t end
     return m;
 }
 
+/*
+ * Points the table entries of ranges[0..m) (ascending) at the blocks
+ * first_off, first_off + cs, ... with ONE write of the table span they
+ * cover, so a failed write leaves none of them linked.  Linking some but
+ * not all would be unsafe: the block of one range may sit in another of
+ * them, and a range left without a block reads as free, so the allocator
+ * would hand out a live refcount block as data.  (A torn write of the span
+ * by the device itself is not covered.)
+ */
+static int coroutine_fn GRAPH_RDLOCK hook_up_ranges(Qcow2State *s, const uint64_t *ranges,
+                                                    uint64_t m, uint64_t first_off)
+{
+    if (m == 0) {
+        return 0;
+    }
+    uint64_t lo = ranges[0], span = ranges[m - 1] - lo + 1;
+    uint8_t *buf = malloc(span * 8);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < m; i++) {
+        s->rt[ranges[i]] = first_off + i * s->cluster_size;
+    }
+    for (uint64_t j = 0; j < span; j++) {
+        st_be64(buf + j * 8, s->rt[lo + j]);
+    }
+    bdrv_co_debug_event(s->bs->file, BLKDBG_REFBLOCK_ALLOC);   /* the hookup */
+    int ret = bdrv_co_pwrite(s->bs->file, s->rt_offset + lo * 8, span * 8, buf, 0);
+    for (uint64_t i = 0; ret < 0 && i < m; i++) {
+        s->rt[ranges[i]] = 0;
+    }
+    free(buf);
+    return ret;
+}
+
 /* Writes blocks for the missing ranges touched by [start, end) at
  * start+n.., each describing the clusters of [start, end) in its range. */
 static int coroutine_fn GRAPH_RDLOCK write_end_blocks(Qcow2State *s, uint64_t start,
@@ -394,17 +462,16 @@ static int coroutine_fn GRAPH_RDLOCK write_end_blocks(Qcow2State *s, uint64_t st
         for (uint64_t c = lo; c < hi; c++) {
             rc_write(s, buf, c & (E - 1), 1);
         }
+        /* written directly: no stale cached copy may shadow it */
+        qcow2_cache_discard(s->rb_cache, (start + n + i) * cs);
+        bdrv_co_debug_event(s->bs->file, BLKDBG_REFBLOCK_ALLOC);
         ret = bdrv_co_pwrite(s->bs->file, (start + n + i) * cs, cs, buf, 0);
     }
     free(buf);
     if (ret == 0) {
         ret = bdrv_co_flush(s->bs->file->node);
     }
-    for (uint64_t i = 0; ret == 0 && i < m; i++) {
-        s->rt[ranges[i]] = (start + n + i) * cs;
-        ret = write_rt_entries(s, ranges[i], 1);
-    }
-    return ret;
+    return ret < 0 ? ret : hook_up_ranges(s, ranges, m, (start + n) * cs);
 }
 
 /*
@@ -437,8 +504,11 @@ static int64_t coroutine_fn GRAPH_RDLOCK alloc_at_end(Qcow2State *s, uint64_t n)
             ranges[k++] = r;
         }
     }
-    ret = ret < 0 ? ret : !ranges ? -ENOMEM : write_end_blocks(s, start, n, end, ranges, k);
-    /* clusters in ranges that already had a block: the normal path */
+    ret = ret < 0 ? ret : !ranges ? -ENOMEM : 0;
+    /* Clusters in ranges that already had a block: the normal path, and
+     * before the new blocks are linked — the new blocks may sit in these
+     * ranges, so they must never be linked while counted free there.  A
+     * failure from here on leaks these clusters at worst. */
     for (uint64_t c = start; ret == 0 && c < end; c++) {
         bool fresh = false;
         for (uint64_t i = 0; i < k; i++) {
@@ -447,6 +517,9 @@ static int64_t coroutine_fn GRAPH_RDLOCK alloc_at_end(Qcow2State *s, uint64_t n)
         if (!fresh) {
             ret = update_one(s, c, 1, end);
         }
+    }
+    if (ret == 0) {
+        ret = write_end_blocks(s, start, n, end, ranges, k);
     }
     free(ranges);
     return ret < 0 ? ret : (int64_t)(start * cs);

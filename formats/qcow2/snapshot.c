@@ -168,7 +168,8 @@ static int coroutine_fn GRAPH_RDLOCK update_l2_refs(Qcow2State *s, uint64_t l2_o
              * found by tests/fuzz, a bogus entry grew a 24 KiB image to
              * 244 GiB on snapshot create. */
             if (off + len > file_len || off + len < off) {
-                ret = qcow2_signal_corruption(s, "L2 entry %llu of the table at "
+                ret = qcow2_signal_corruption(s, (int64_t)l2_off, (int64_t)s->cluster_size,
+                    "L2 entry %llu of the table at "
                     "0x%llx points to 0x%llx, past the end of the file",
                     (unsigned long long)i, (unsigned long long)l2_off,
                     (unsigned long long)off);
@@ -199,20 +200,6 @@ static int coroutine_fn GRAPH_RDLOCK update_l1_refs(Qcow2State *s, const uint64_
             ret = update_l2_refs(s, l2_off, delta);
         }
     }
-    return ret;
-}
-
-static int coroutine_fn GRAPH_RDLOCK write_l1(Qcow2State *s)
-{
-    uint8_t *buf = malloc(s->l1_size * 8ull + 8);
-    if (!buf) {
-        return -ENOMEM;
-    }
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        st_be64(buf + i * 8ull, s->l1[i]);
-    }
-    int ret = bdrv_co_pwrite(s->bs->file, s->l1_offset, s->l1_size * 8ull, buf, 0);
-    free(buf);
     return ret;
 }
 
@@ -259,7 +246,7 @@ static int coroutine_fn GRAPH_RDLOCK fix_copied_flags(Qcow2State *s)
             ret = fix_l2_copied(s, l2_off);
         }
     }
-    return ret ? ret : write_l1(s);
+    return ret ? ret : qcow2_write_l1(s);
 }
 
 /* ------------------------------------------------------------------------
@@ -524,7 +511,15 @@ static int coroutine_fn GRAPH_RDLOCK do_apply(BlockNode *bs, int i, Error **errp
     }
     if (ret == 0) {
         memcpy(s->l1, new_l1, sn->l1_size * 8ull);
-        ret = write_l1(s);
+        ret = qcow2_write_l1(s);
+        if (ret < 0) {
+            /* Not applied: keep the active L1 the disk still has (the new
+             * references taken above leak).  Stale-marked, it is simply
+             * rewritten with the same content. */
+            free(s->l1);
+            s->l1 = old_l1;
+            old_l1 = NULL;
+        }
         if (ret == 0) {
             ret = bdrv_co_flush(bs->file->node);
         }
