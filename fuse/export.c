@@ -12,9 +12,10 @@
  *                          (proto.c).  It waits for the fd with co_poll_fd and
  *                          for a free buffer by yielding: nothing polls a
  *                          loop from inside a request.
- *   block_export_del (GS)  unmounts, which makes every cloned fd report
- *                          ENODEV, waits for readers and requests to end,
- *                          drains and releases the backend.
+ *   block_export_del (GS)  fails the requests a stop policy holds with EIO
+ *                          (io-error.c), unmounts, which makes every cloned
+ *                          fd report ENODEV, waits for readers and requests
+ *                          to end, drains and releases the backend.
  *
  * Why reads use co_poll_fd + read() rather than co_read_fd(): a read from a
  * non-blocking fd that has data costs one syscall and no ring round trip,
@@ -42,6 +43,10 @@
 
 static const char *const allow_other_values[] = { "on", "off", "auto", NULL };
 static const char *const export_type_values[] = { "fuse", NULL };
+/* QEMU's BlockdevOnError; io-error.c gives their meaning. */
+static const char *const error_policy_values[] = {
+    "report", "ignore", "enospc", "stop", "auto", NULL
+};
 
 const BlockOptionDesc fuse_export_options[] = {
     { "type", OPT_ENUM, false, export_type_values, "export type (fuse)" },
@@ -52,11 +57,15 @@ const BlockOptionDesc fuse_export_options[] = {
     { "writethrough", OPT_BOOL, false, NULL, "write with FUA (default off)" },
     { "growable", OPT_BOOL, false, NULL, "writes past the end grow the node" },
     { "allow-other", OPT_ENUM, false, allow_other_values,
-      "let other users access the file (on|off|auto, default auto)" },
+      "let other users access the file (on|off|auto, default off)" },
     /* A name or a list of names; checked by block_export_add itself. */
     { "iothread", OPT_STRING, false, NULL, "IOThread(s) serving the export" },
     { "direct-io", OPT_BOOL, false, NULL,
       "bypass the page cache (default on)" },
+    { "rerror", OPT_ENUM, false, error_policy_values,
+      "on a read error: report|ignore|enospc|stop (default report)" },
+    { "werror", OPT_ENUM, false, error_policy_values,
+      "on a write error: report|ignore|enospc|stop (default report)" },
     { NULL },
 };
 
@@ -66,7 +75,7 @@ static BlockExport *exports;              /* GS */
  * Reference counting of readers and requests (see BlockExport.active).
  * I/O or GS: any thread.
  */
-static void active_ref(BlockExport *exp)
+void fuse_export_active_ref(BlockExport *exp)
 {
     atomic_fetch_add(&exp->active, 1);
 }
@@ -133,6 +142,7 @@ static void coroutine_fn request_co(void *opaque)
     BlockExport *exp = q->exp;
 
     fuse_handle_request(req);
+    fuse_request_done(req);
     pool_put(q, req->mem);
     fuse_export_active_unref(exp);
 }
@@ -145,7 +155,8 @@ static void start_request(FuseQueue *q, uint8_t *mem, size_t len)
     req->mem = mem;
     req->in = mem + FUSE_REQ_OFFSET;
     req->len = len;
-    active_ref(q->exp);
+    req->held = false;
+    fuse_export_active_ref(q->exp);
     co_spawn(request_co, req);
 }
 
@@ -173,7 +184,7 @@ static void report_gone(BlockExport *exp)
         atomic_exchange(&exp->gone_reported, true)) {
         return;
     }
-    active_ref(exp);
+    fuse_export_active_ref(exp);
     loop_schedule(loop_main(), gone_bh, exp);
 }
 
@@ -565,6 +576,10 @@ static BlockExport *coroutine_fn export_create(json_t *opts, json_t *iothread,
     GS_CODE();
     read_options(exp, opts);
     pthread_mutex_init(&exp->attr_lock, NULL);
+    if (fuse_error_init(exp, opt_str(opts, "rerror", "report"),
+                        opt_str(opts, "werror", "report"), errp) < 0) {
+        goto fail;
+    }
     atomic_init(&exp->active, 1);
     co_event_init(&exp->done);
     co_mutex_init(&exp->grow_lock);
@@ -589,7 +604,7 @@ static BlockExport *coroutine_fn export_create(json_t *opts, json_t *iothread,
         goto fail;
     }
     blk_set_ops(exp->blk, &export_blk_ops, exp);
-    if (mount_export(exp, abs, opt_str(opts, "allow-other", "auto"), errp) < 0) {
+    if (mount_export(exp, abs, opt_str(opts, "allow-other", "off"), errp) < 0) {
         goto fail;
     }
     if (setup_queues(exp, threads, n, errp) < 0) {
@@ -632,7 +647,7 @@ BlockExport *coroutine_fn block_export_add(json_t *def, Error **errp) GS
     exp->next = exports;
     exports = exp;
     for (i = 0; i < exp->nqueues; i++) {
-        active_ref(exp);
+        fuse_export_active_ref(exp);
         loop_schedule(exp->queues[i].loop, start_reader_bh, &exp->queues[i]);
     }
     return exp;
@@ -665,6 +680,8 @@ void coroutine_fn block_export_del(BlockExport *exp) GS
     GS_CODE();
     atomic_store(&exp->deleting, true);
     unlink_export(exp);
+    /* Requests a stop policy holds get EIO while the connection is up. */
+    fuse_error_release_held(exp);
     /* Every cloned fd reports ENODEV once the connection ends; if somebody
      * still has the file open the lazy unmount leaves it up: abort it. */
     fuse_unmount_file(&exp->mnt);

@@ -17,8 +17,10 @@ typedef struct BlockExport BlockExport;
 /*
  * block-export-add with type "fuse".  def holds QMP's arguments: id,
  * node-name, mountpoint, writable (default false), writethrough, growable,
- * allow-other ("on"|"off"|"auto", default "auto"), iothread (a name or a list
- * of names; default: every IOThread), plus direct-io (bool, default true).
+ * allow-other ("on"|"off"|"auto", default "off"), iothread (a name or a list
+ * of names; default: every IOThread), plus direct-io (bool, default true)
+ * and the error policy rerror / werror ("report"|"ignore"|"enospc"|"stop"|
+ * "auto", default "report"; see diskstack-fuse(7)).
  * Fails with a one-line message (mountpoint missing, is a directory, already
  * mounted, no permission for /dev/fuse, node unknown, permission conflict).
  */
@@ -34,6 +36,15 @@ const char *block_export_node_name(BlockExport *exp) GS;
 const char *block_export_mountpoint(const BlockExport *exp) GS;
 /* True if one of the export's queues runs in IOThread t. */
 bool block_export_uses_iothread(const BlockExport *exp, IOThread *t) GS;
+/*
+ * x-diskstack-export-resume: ends the pause the stop policy began; the held
+ * requests go on and the failed ones are retried (one that fails again
+ * pauses again).  Fails with "Export 'ID' is not paused" otherwise.
+ */
+int coroutine_fn block_export_resume(BlockExport *exp, Error **errp) GS;
+/* query-block-exports' io-status: "ok", or while paused by an error
+ * "nospace" (ENOSPC) or "failed" (any other errno). */
+const char *block_export_io_status(const BlockExport *exp) GS;
 /* Called (on the main loop) when the mount went away underneath us
  * (fusermount -u, umount) so the owner can clean up and maybe exit. */
 void block_export_set_gone_cb(BlockExport *exp, void (*cb)(BlockExport *, void *),

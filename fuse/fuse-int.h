@@ -8,6 +8,8 @@
  *             runs it against the backend, writes the reply.
  *   mount.c   libfuse for mount/unmount only, /proc/self/mountinfo, and
  *             aborting the connection through fusectl.
+ *   io-error.c the error policy (rerror/werror), BLOCK_IO_ERROR, and the
+ *             pause of the `stop` policy with its resume.
  * mount.c includes libfuse's headers and proto.c <linux/fuse.h>; the two
  * define some of the same macros, so they never meet in one file.
  *
@@ -52,6 +54,22 @@
 
 typedef struct FuseQueue FuseQueue;
 
+/* What an export does when a request fails below it (rerror / werror):
+ * QEMU's BlockdevOnError; "auto" is taken as the default, report. */
+typedef enum FuseErrorPolicy {
+    FUSE_ERR_REPORT,            /* the caller gets the errno */
+    FUSE_ERR_IGNORE,            /* the caller gets success */
+    FUSE_ERR_ENOSPC,            /* stop on ENOSPC, report anything else */
+    FUSE_ERR_STOP,              /* pause the export until resumed */
+} FuseErrorPolicy;
+
+/* query-block-exports' io-status (QEMU's BlockDeviceIoStatus). */
+typedef enum FuseIoStatus {
+    FUSE_IO_STATUS_OK,
+    FUSE_IO_STATUS_FAILED,
+    FUSE_IO_STATUS_NOSPACE,
+} FuseIoStatus;
+
 typedef struct FuseMount {
     void *session;               /* struct fuse_session * (mount.c) */
     char *path;                  /* absolute path of the mountpoint */
@@ -65,6 +83,7 @@ typedef struct FuseRequest {
     uint8_t *mem;                /* the buffer (FUSE_BUF_SIZE bytes) */
     uint8_t *in;                 /* mem + FUSE_REQ_OFFSET: fuse_in_header */
     size_t len;                  /* bytes read from /dev/fuse */
+    bool held;                   /* counted in exp->held (io-error.c) */
 } FuseRequest;
 
 struct FuseQueue {
@@ -91,6 +110,22 @@ struct BlockExport {
     /* Kernel protocol minor agreed in INIT (0 before INIT). */
     _Atomic uint32_t proto_minor;
 
+    /*
+     * Error policy (io-error.c).  rerror/werror are immutable after
+     * creation.  The pause of the stop policy: `paused` is written under
+     * pause_lock and read without it on the fast path; requests held while
+     * paused wait in `resumed`.  `held` counts the requests that waited in
+     * a pause until their reply is written; block_export_del waits on
+     * `unheld` for it to reach 0 after failing them with EIO.
+     */
+    FuseErrorPolicy rerror, werror;
+    CoMutex pause_lock;
+    CoQueue resumed;
+    _Atomic bool paused;
+    _Atomic int io_status;       /* FuseIoStatus */
+    _Atomic int held;
+    CoEvent unheld;
+
     /* Attributes setattr may change. */
     pthread_mutex_t attr_lock;
     uint32_t mode, uid, gid;
@@ -110,8 +145,37 @@ struct BlockExport {
     BlockExport *next;           /* GS: the list of exports */
 };
 
-/* export.c — I/O, on the queue's thread. */
+/* export.c — I/O or GS, any thread. */
+void fuse_export_active_ref(BlockExport *exp);
 void fuse_export_active_unref(BlockExport *exp);
+
+/*
+ * io-error.c — the error policy.
+ *
+ * GS: fuse_error_init() sets the policies from the checked definition
+ * (-EINVAL naming a bad value); fuse_error_release_held() fails every held
+ * request with EIO and returns once each has replied (block_export_del,
+ * before the connection is aborted, so the callers see EIO).
+ */
+int fuse_error_init(BlockExport *exp, const char *rerror, const char *werror,
+                    Error **errp) GS;
+void coroutine_fn fuse_error_release_held(BlockExport *exp) GS;
+/*
+ * I/O, in a request coroutine:
+ *   fuse_wait_running()  holds a new request while the export is paused:
+ *                        0 to go on, -EIO when the export is being deleted.
+ *   fuse_io_error()      applies rerror (is_write false) or werror to a
+ *                        request that failed with ret < 0 and posts
+ *                        BLOCK_IO_ERROR: returns ret (report), FUSE_IO_IGNORED
+ *                        (the caller succeeds), FUSE_IO_RETRY (resumed after
+ *                        a stop) or -EIO (deleted while held).
+ *   fuse_request_done()  after the reply: un-counts a request that was held.
+ */
+#define FUSE_IO_IGNORED 1
+#define FUSE_IO_RETRY   2
+int coroutine_fn fuse_wait_running(FuseRequest *req);
+int coroutine_fn fuse_io_error(FuseRequest *req, bool is_write, int ret);
+void fuse_request_done(FuseRequest *req);
 
 /* proto.c — I/O, on the queue's thread, in the request's coroutine. */
 void coroutine_fn fuse_handle_request(FuseRequest *req);

@@ -13,6 +13,11 @@
  * immutable after creation except the attributes (attr_lock) and
  * proto_minor (atomic).
  *
+ * Every read, write, write-zeroes and flush goes through io_with_policy(),
+ * which applies the export's rerror/werror (io-error.c) to a failure and
+ * retries after a stop is resumed; the requests that reach the node (but
+ * FLUSH) wait first while the export is paused (held_while_paused).
+ *
  * The only inode is the root (nodeid 1): the mountpoint file itself.
  */
 #include <errno.h>
@@ -96,6 +101,58 @@ static int blk_errno(int ret)
         return EIO;
     }
     return err;
+}
+
+/* The backend requests the error policy covers. */
+typedef enum IoKind { IO_READ, IO_WRITE, IO_ZEROES, IO_FLUSH } IoKind;
+
+typedef struct IoReq {
+    IoKind kind;
+    int64_t offset, bytes;
+    IOVector *qiov;              /* IO_READ, IO_WRITE */
+    BdrvRequestFlags flags;
+} IoReq;
+
+static int coroutine_fn io_issue(BlockExport *exp, const IoReq *r)
+{
+    switch (r->kind) {
+    case IO_READ:
+        return blk_co_preadv(exp->blk, r->offset, r->bytes, r->qiov, r->flags);
+    case IO_WRITE:
+        return blk_co_pwritev(exp->blk, r->offset, r->bytes, r->qiov, r->flags);
+    case IO_ZEROES:
+        return blk_co_pwrite_zeroes(exp->blk, r->offset, r->bytes, r->flags);
+    case IO_FLUSH:
+        return blk_co_flush(exp->blk);
+    }
+    return -EINVAL;
+}
+
+/*
+ * One backend request under the export's error policy: rerror for reads,
+ * werror for the rest.  Returns >= 0 on success or when the policy ignores
+ * the error (a read then returns zeroes), -errno to report.  After a stop,
+ * returns only once resumed (and retried) or deleted (-EIO).
+ */
+static int coroutine_fn io_with_policy(FuseRequest *req, const IoReq *r)
+{
+    int ret;
+
+    do {
+        ret = io_issue(req->q->exp, r);
+        if (ret >= 0) {
+            return ret;
+        }
+        ret = fuse_io_error(req, r->kind != IO_READ, ret);
+    } while (ret == FUSE_IO_RETRY);
+    if (ret == FUSE_IO_IGNORED) {
+        if (r->kind == IO_READ) {
+            /* the buffer holds an earlier request's data */
+            iov_memset(r->qiov, 0, 0, r->bytes);
+        }
+        return 0;
+    }
+    return ret;
 }
 
 static void fill_attr(BlockExport *exp, int64_t length, struct fuse_attr *a)
@@ -323,7 +380,7 @@ static void coroutine_fn do_read(FuseRequest *req)
     }
     size = MIN(size, (uint64_t)length - offset);
     iov_init_buf(&v, data_area(req), size);
-    ret = blk_co_preadv(exp->blk, offset, size, &v, 0);
+    ret = io_with_policy(req, &(IoReq){ IO_READ, offset, size, &v, 0 });
     if (ret < 0) {
         reply_err(req, blk_errno(ret));
         return;
@@ -388,8 +445,8 @@ static void coroutine_fn do_write(FuseRequest *req)
     if (n > 0) {
         /* No copy: the payload is written straight from the request buffer. */
         iov_init_buf(&v, payload, n);
-        ret = blk_co_pwritev(exp->blk, in->offset, n, &v,
-                             exp->writethrough ? BDRV_REQ_FUA : 0);
+        ret = io_with_policy(req, &(IoReq){ IO_WRITE, in->offset, n, &v,
+                                   exp->writethrough ? BDRV_REQ_FUA : 0 });
         if (ret < 0) {
             reply_err(req, blk_errno(ret));
             return;
@@ -420,10 +477,10 @@ static int coroutine_fn fallocate_extend(BlockExport *exp, uint64_t end)
 }
 
 /* Zeroes [offset, offset+len) clipped to the current length. */
-static int coroutine_fn zero_within(BlockExport *exp, uint64_t offset,
+static int coroutine_fn zero_within(FuseRequest *req, uint64_t offset,
                                     uint64_t len, BdrvRequestFlags flags)
 {
-    int64_t length = blk_getlength(exp->blk);
+    int64_t length = blk_getlength(req->q->exp->blk);
 
     if (length < 0) {
         return length;
@@ -432,12 +489,13 @@ static int coroutine_fn zero_within(BlockExport *exp, uint64_t offset,
         return 0;
     }
     len = MIN(len, (uint64_t)length - offset);
-    return blk_co_pwrite_zeroes(exp->blk, offset, len, flags);
+    return io_with_policy(req, &(IoReq){ IO_ZEROES, offset, len, NULL, flags });
 }
 
-static int coroutine_fn fallocate_mode(BlockExport *exp, uint32_t mode,
+static int coroutine_fn fallocate_mode(FuseRequest *req, uint32_t mode,
                                        uint64_t offset, uint64_t len)
 {
+    BlockExport *exp = req->q->exp;
     bool keep = mode & FALLOC_FL_KEEP_SIZE;
     int ret;
 
@@ -450,7 +508,7 @@ static int coroutine_fn fallocate_mode(BlockExport *exp, uint32_t mode,
             return -EOPNOTSUPP;
         }
         /* A punched range must read back as zeroes: a discard need not. */
-        return zero_within(exp, offset, len, BDRV_REQ_MAY_UNMAP);
+        return zero_within(req, offset, len, BDRV_REQ_MAY_UNMAP);
     case FALLOC_FL_ZERO_RANGE:
         if (!keep) {
             ret = fallocate_extend(exp, offset + len);
@@ -458,7 +516,7 @@ static int coroutine_fn fallocate_mode(BlockExport *exp, uint32_t mode,
                 return ret;
             }
         }
-        return zero_within(exp, offset, len, 0);
+        return zero_within(req, offset, len, 0);
     default:
         return -EOPNOTSUPP;
     }
@@ -479,7 +537,7 @@ static void coroutine_fn do_fallocate(FuseRequest *req)
         reply_err(req, EROFS);
         return;
     }
-    ret = fallocate_mode(exp, in->mode, in->offset, in->length);
+    ret = fallocate_mode(req, in->mode, in->offset, in->length);
     if (ret == -EOPNOTSUPP || ret == -ENOSPC || ret == -EFBIG) {
         reply_err(req, -ret);
     } else {
@@ -490,7 +548,11 @@ static void coroutine_fn do_fallocate(FuseRequest *req)
 static void coroutine_fn do_flush(FuseRequest *req)
 {
     BlockExport *exp = req->q->exp;
-    int ret = exp->writable ? blk_co_flush(exp->blk) : 0;
+    int ret = 0;
+
+    if (exp->writable) {
+        ret = io_with_policy(req, &(IoReq){ .kind = IO_FLUSH });
+    }
 
     reply_err(req, ret < 0 ? blk_errno(ret) : 0);
 }
@@ -563,9 +625,32 @@ static void do_statfs(FuseRequest *req)
     reply(req, 0, &out, sizeof(out));
 }
 
+/*
+ * The requests held while the export is paused: those that reach the node,
+ * except FLUSH.  The kernel sends a FLUSH for every close(2) of every copy
+ * of a descriptor, including the implicit ones at exec: holding it would
+ * hang any program that forks while holding the file open.  Not holding it
+ * is safe: a flush covers only writes that have completed, and the held
+ * ones have not (its own failure still goes through werror).
+ */
+static bool held_while_paused(uint32_t opcode)
+{
+    switch (opcode) {
+    case FUSE_READ: case FUSE_WRITE: case FUSE_FALLOCATE: case FUSE_FSYNC:
+    case FUSE_LSEEK:
+        return true;
+    default:
+        return false;
+    }
+}
+
 /* Operations on the file itself: anything but nodeid 1 does not exist. */
 static void coroutine_fn handle_file_op(FuseRequest *req, uint32_t opcode)
 {
+    if (held_while_paused(opcode) && fuse_wait_running(req) < 0) {
+        reply_err(req, EIO);
+        return;
+    }
     switch (opcode) {
     case FUSE_GETATTR:   reply_attr(req); break;
     case FUSE_SETATTR:   do_setattr(req); break;

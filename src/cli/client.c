@@ -4,7 +4,7 @@
  *   diskstack [--socket S] graph | nodes | exports
  *   diskstack snapshot create|delete|list ...
  *   diskstack backing set NODE BACKING|none
- *   diskstack export add|del ...
+ *   diskstack export add|del|resume ...
  *   diskstack throttle set|show NODE|GROUP [--iops-total N] [--bps-read B] ...
  *   diskstack qmp '<json>' | NAME [ARGS-JSON]
  *
@@ -1047,6 +1047,14 @@ static int verb_export_del(QmpConn *c, const ClientArgs *a, Error **errp)
     return print_done(a, ret, "export '%s' removed", a->args[0]);
 }
 
+static int verb_export_resume(QmpConn *c, const ClientArgs *a, Error **errp)
+{
+    json_t *ret = qmp_conn_execute(c, "x-diskstack-export-resume",
+                                   json_pack("{s:s}", "id", a->args[0]), errp);
+
+    return ret ? print_done(a, ret, "export '%s' resumed", a->args[0]) : -1;
+}
+
 /* ---------------------------------------------------------------- throttle */
 
 /* The throttle group of a query-named-block-nodes entry (malloc'ed), or
@@ -1368,6 +1376,11 @@ static const Verb export_verbs[] = {
     { "export del", "ID",
       "Remove the export ID and wait until it is unmounted (block-export-del).\n",
       0, 1, 1, NULL, verb_export_del },
+    { "export resume", "ID",
+      "Resume the export ID that its stop error policy (werror/rerror=stop or\n"
+      "enospc) paused: held requests go on, failed ones are retried\n"
+      "(x-diskstack-export-resume).\n",
+      0, 1, 1, NULL, verb_export_resume },
     { NULL },
 };
 

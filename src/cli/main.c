@@ -33,7 +33,7 @@ static const Command commands[] = {
     { "exports", cmd_exports, "list a running daemon's exports" },
     { "snapshot", cmd_snapshot, "snapshot create|delete|list: external and internal" },
     { "backing", cmd_backing, "backing set NODE BACKING|none: change a backing node" },
-    { "export", cmd_export, "export add|del: add or remove a FUSE export" },
+    { "export", cmd_export, "export add|del|resume: add, remove or resume a FUSE export" },
     { "throttle", cmd_throttle, "throttle set|show: a throttle group's limits" },
     { "qmp", cmd_qmp, "send one raw QMP command and print the reply" },
 };

@@ -1,6 +1,8 @@
 /*
  * cmd-export.c — QMP commands on exports: block-export-add, block-export-del,
- * query-block-exports, and the BLOCK_EXPORT_DELETED event.
+ * query-block-exports, x-diskstack-export-resume, and the
+ * BLOCK_EXPORT_DELETED event.  (BLOCK_IO_ERROR is posted by the export's
+ * I/O code, fuse/io-error.c.)
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -176,6 +178,20 @@ static json_t *coroutine_fn block_export_add_cmd(json_t *args, Error **errp)
     return json_object();
 }
 
+/* GS: the export named by args' "id", or NULL with QEMU's error. */
+static BlockExport *find_export_arg(json_t *args, Error **errp) GS
+{
+    const char *id = json_string_value(json_object_get(args, "id"));
+    BlockExport *exp;
+
+    GS_CODE();
+    exp = block_export_find(id);
+    if (!exp) {
+        error_setg(errp, "Export '%s' is not found", id);
+    }
+    return exp;
+}
+
 static json_t *coroutine_fn block_export_del_cmd(json_t *args, Error **errp)
 {
     const char *id = json_string_value(json_object_get(args, "id"));
@@ -183,9 +199,8 @@ static json_t *coroutine_fn block_export_del_cmd(json_t *args, Error **errp)
 
     global_lock_assert_held();
     GS_CODE();
-    exp = block_export_find(id);
+    exp = find_export_arg(args, errp);
     if (!exp) {
-        error_setg(errp, "Export '%s' is not found", id);
         return NULL;
     }
     daemon_co_delete_export(exp);
@@ -200,12 +215,29 @@ static json_t *coroutine_fn query_block_exports(json_t *args, Error **errp)
     global_lock_assert_held();
     GS_CODE();
     for (BlockExport *e = block_export_next(NULL); e; e = block_export_next(e)) {
-        json_array_append_new(list, json_pack("{s:s,s:s,s:s,s:b}", "type", "fuse",
+        /* QEMU's keys, then ours (prefixed: QEMU has no io-status here) */
+        json_array_append_new(list, json_pack("{s:s,s:s,s:s,s:b,s:s}", "type", "fuse",
                                               "id", block_export_id(e),
                                               "node-name", block_export_node_name(e),
-                                              "shutting-down", false));
+                                              "shutting-down", false,
+                                              "x-diskstack-io-status",
+                                              block_export_io_status(e)));
     }
     return list;
+}
+
+/* QEMU's `cont` for one export: ends the pause of a stop error policy. */
+static json_t *coroutine_fn export_resume_cmd(json_t *args, Error **errp)
+{
+    BlockExport *exp;
+
+    global_lock_assert_held();
+    GS_CODE();
+    exp = find_export_arg(args, errp);
+    if (!exp || block_export_resume(exp, errp) < 0) {
+        return NULL;
+    }
+    return json_object();
 }
 
 static const QmpArg no_args[] = { { NULL } };
@@ -215,5 +247,7 @@ const QmpCommandDef qmp_export_commands[] = {
     { { "block-export-add", block_export_add_cmd, "add a FUSE export" }, NULL },
     { { "block-export-del", block_export_del_cmd, "remove an export" }, id_arg },
     { { "query-block-exports", query_block_exports, "the exports" }, no_args },
+    { { "x-diskstack-export-resume", export_resume_cmd,
+        "resume an export its stop error policy paused" }, id_arg },
     { { NULL } },
 };

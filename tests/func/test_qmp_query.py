@@ -166,7 +166,7 @@ class QmpQuery(QmpHelpers, FuseTestCase):
         self.assertEqual(read_file(mp)[:4], b'exp!')
         self.assertEqual(c.cmd('query-block-exports')['return'],
                          [{'type': 'fuse', 'id': 'e0', 'node-name': 'disk',
-                           'shutting-down': False}])
+                           'shutting-down': False, 'x-diskstack-io-status': 'ok'}])
         other = self.mountpoint('other.img')
         cases = [
             (dict(id='e0', mountpoint=other), "Block export id 'e0' is already in use"),
