@@ -20,6 +20,7 @@ typedef struct TrackedReq TrackedReq;
 typedef struct NodeState {
     BlockNode bs;
     bool monitor_owned;      /* GS: opened by blockdev-add, not nested */
+    int open_depth;          /* GS: nesting level of its definition (0: top) */
     bool no_flush;           /* cache.no-flush: flush does not reach the driver */
     bool force_share;        /* force-share: share everything on children */
     bool discard_unmap;      /* discard=unmap: discards and MAY_UNMAP pass on */

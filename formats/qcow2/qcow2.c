@@ -868,7 +868,8 @@ static bool is_absolute_or_protocol(const char *name)
     return name[0] == '/' || strstr(name, "://") != NULL;
 }
 
-/* {"driver": fmt, "file": {"driver": "file", "filename": path}, "read-only": true} */
+/* {"driver": fmt, "file": {"driver": "file", "filename": path,
+ *  "x-regular-only": true}, "read-only": true} */
 static json_t *backing_definition(BlockNode *bs) GS
 {
     Qcow2State *s = bs->opaque;
@@ -886,8 +887,11 @@ static json_t *backing_definition(BlockNode *bs) GS
                     "raw (never probed)", bs->filename, s->backing_file);
         fmt = "raw";
     }
-    return json_pack("{s:s, s:{s:s, s:s}, s:b}", "driver", fmt, "file",
-                     "driver", "file", "filename", path, "read-only", 1);
+    /* x-regular-only: a name from the image may not reach a device or a
+     * directory (see src/protocols/file.c) */
+    return json_pack("{s:s, s:{s:s, s:s, s:b}, s:b}", "driver", fmt, "file",
+                     "driver", "file", "filename", path, "x-regular-only", 1,
+                     "read-only", 1);
 }
 
 static int coroutine_fn open_backing(BlockNode *bs, json_t *options, Error **errp) GS
@@ -910,7 +914,7 @@ static int coroutine_fn open_backing(BlockNode *bs, json_t *options, Error **err
     c = bdrv_co_open_child(bs, tmp, "backing", BDRV_CHILD_COW, false, errp);
     json_decref(tmp);
     if (!c) {
-        error_prepend(errp, "qcow2: cannot open backing file '%s' of '%s'",
+        error_prepend(errp, "qcow2: cannot open backing file '%s' of '%s': ",
                       s->backing_file, bs->filename);
         return -EINVAL;
     }

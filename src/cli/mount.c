@@ -281,7 +281,7 @@ static BlockExport *coroutine_fn add_export(const MountArgs *a, const char *node
                     "type", "fuse", "id", "mount", "node-name", node,
                     "mountpoint", a->mountpoint, "writable", !a->read_only,
                     "growable", a->growable,
-                    "allow-other", a->allow_other ? "on" : "auto");
+                    "allow-other", a->allow_other ? "on" : "off");
     if (opts_check(def, fuse_export_options, false, errp) == 0) {
         exp = block_export_add(def, errp);
     }

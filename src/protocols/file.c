@@ -27,6 +27,17 @@
  * aio=threads sends everything to the pool, aio=io_uring everything to the
  * ring.
  *
+ * What may be opened: a regular file or a block device the user names,
+ * never a directory, character device, FIFO or socket, and never created.
+ * A file named by an image's own metadata (a qcow2 backing file) is opened
+ * with x-regular-only, which the format sets: then only a regular file is
+ * accepted, so a crafted image cannot reach /dev/sda, /dev/zero or a
+ * directory through an absolute name, "../" or a symlink.  The check runs
+ * on the open fd, so the path cannot be swapped after it (no TOCTOU), and
+ * holds for the node's life (a reopen checks the new fd the same way).
+ * QEMU opens what a backing name points to, devices included; diskstack is
+ * stricter on purpose.
+ *
  * Image locking follows QEMU's convention, so QEMU, qemu-img,
  * qemu-storage-daemon and diskstack see each other's use of an image:
  * open-file-description (OFD) locks on single bytes of the image file.
@@ -69,6 +80,7 @@ typedef struct FileState {
     bool reads_on_pool;          /* preadv */
     bool writes_on_pool;         /* pwritev, fallocate, fdatasync */
     bool is_blockdev;
+    bool regular_only;           /* x-regular-only: no block device either */
     bool direct;                 /* opened with O_DIRECT */
     bool no_flush;               /* cache.no-flush: flush is a no-op */
     bool use_lock;
@@ -96,6 +108,11 @@ static const BlockOptionDesc file_options[] = {
     { "aio", OPT_ENUM, false, aio_values,
       "I/O engine: auto (reads on io_uring, the rest on threads; default), "
       "threads or io_uring" },
+    /* Set by formats on a file their metadata names (a qcow2 backing
+     * file): what an image says is trusted less than what a user says. */
+    { "x-regular-only", OPT_BOOL, false, NULL,
+      "open only a regular file, never a device (default off; set by formats "
+      "for files named by image metadata)" },
     { NULL },
 };
 
@@ -364,14 +381,77 @@ static int parse_options(FileState *s, json_t *options, const char **filename,
     s->use_lock = strcmp(*locking, "off") != 0;
     s->direct = opt_bool(options, "cache.direct", false);
     s->no_flush = opt_bool(options, "cache.no-flush", false);
+    s->regular_only = opt_bool(options, "x-regular-only", false);
     return 0;
 }
 
+/* Pure: a person's name for a non-regular file type. */
+static const char *file_type_name(mode_t mode)
+{
+    return S_ISDIR(mode) ? "a directory" :
+           S_ISBLK(mode) ? "a block device" :
+           S_ISCHR(mode) ? "a character device" :
+           S_ISFIFO(mode) ? "a FIFO" :
+           S_ISSOCK(mode) ? "a socket" : "not a regular file";
+}
+
+/*
+ * Both (pure): may the file just opened be used?  Checked on the open fd
+ * (fstat), so a path swapped after the check cannot bring in another file,
+ * and symlinks count as what they point to.  A directory or anything but a
+ * regular file or block device is refused; with x-regular-only (a file
+ * named by image metadata) a block device is refused too.
+ */
+static int check_file_type(const FileState *s, const char *filename,
+                           mode_t mode, Error **errp)
+{
+    if (S_ISREG(mode)) {
+        return 0;
+    }
+    if (s->regular_only) {
+        error_setg(errp, "'%s' is %s, not a regular file: a file named by "
+                   "image metadata must be a regular file%s",
+                   filename, file_type_name(mode),
+                   S_ISBLK(mode) ? " (name a block device explicitly, e.g. "
+                                   "in blockdev-add, to use one)" : "");
+        return S_ISDIR(mode) ? -EISDIR : -EINVAL;
+    }
+    if (S_ISDIR(mode)) {
+        error_setg_errno(errp, EISDIR, "Could not open '%s'", filename);
+        return -EISDIR;
+    }
+    if (!S_ISBLK(mode)) {
+        error_setg(errp, "'%s' is not a regular file or block device", filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Both (a syscall): drops the O_NONBLOCK the open used, keeping the rest
+ * of the status flags (O_DIRECT). */
+static int clear_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+/*
+ * Opens the image: never created (no O_CREAT), O_NONBLOCK so that a FIFO
+ * named as an image cannot hang the main loop in open(2) (it is refused
+ * right after), O_NOCTTY so that a terminal cannot become the daemon's.
+ * The type is checked on the fd (check_file_type).
+ */
 static int open_image_fd(FileState *s, const char *filename, bool read_only,
                          struct stat *st, Error **errp) GS
 {
     GS_CODE();
-    int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    int flags = (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
+                O_NONBLOCK;
+    int ret;
 
     if (s->direct) {
         flags |= O_DIRECT;
@@ -387,13 +467,14 @@ static int open_image_fd(FileState *s, const char *filename, bool read_only,
         error_setg_errno(errp, err, "Could not stat '%s'", filename);
         return -err;
     }
-    if (S_ISDIR(st->st_mode)) {
-        error_setg_errno(errp, EISDIR, "Could not open '%s'", filename);
-        return -EISDIR;
+    ret = check_file_type(s, filename, st->st_mode, errp);
+    if (ret < 0) {
+        return ret;
     }
-    if (!S_ISREG(st->st_mode) && !S_ISBLK(st->st_mode)) {
-        error_setg(errp, "'%s' is not a regular file or block device", filename);
-        return -EINVAL;
+    ret = clear_nonblock(s->fd);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not set the flags of '%s'", filename);
+        return ret;
     }
     s->is_blockdev = S_ISBLK(st->st_mode);
     return 0;

@@ -13,10 +13,12 @@
  * newlines between them are optional.  The framer only tracks strings and
  * bracket depth to find where a value ends; jansson parses the value.  Bad
  * input costs its sender at most one error reply per line (later errors on
- * the same line are not answered; valid requests on it still run).  A value
- * larger than QMP_MAX_MESSAGE or nested deeper than QMP_MAX_DEPTH is
- * answered once and the input is then dropped up to the next newline, so a
- * 10 MiB garbage line is one error and the client stays usable.
+ * the same line are not answered; valid requests on it still run).  A raw
+ * control character inside a value (a newline inside a string, a NUL) is
+ * an error at once, so stray garbage cannot swallow the lines after it.
+ * A value larger than QMP_MAX_MESSAGE or nested deeper than QMP_MAX_DEPTH
+ * is answered once and the input is then dropped up to the next newline, so
+ * a 10 MiB garbage line is one error and the client stays usable.
  * (qemu-storage-daemon answers such input with one error per bad token:
  * thousands of replies.)  The error texts are QEMU's where QEMU has one.
  *
@@ -25,6 +27,13 @@
  * does not take is sent by a writer coroutine waiting for POLLOUT.  A client
  * whose undelivered backlog exceeds QMP_MAX_BACKLOG (it does not read its
  * events) is dropped with a warning on stderr.
+ *
+ * Connections: at most QMP_MAX_CLIENTS at once (each may hold up to
+ * QMP_MAX_MESSAGE of input and QMP_MAX_BACKLOG of output); one more is
+ * accepted, told so in one error line instead of the greeting, and closed.
+ * (QEMU's monitor socket serves one client at a time and leaves the others
+ * waiting in the listen backlog.)  The socket is created 0600: only its
+ * owner, the user running the daemon, may connect.
  *
  * Lifetime: a client is freed when it has disconnected (or the server stops)
  * and neither a command nor the writer of its is running; each holds a
@@ -60,6 +69,7 @@
 #define QMP_MAX_DEPTH 1024                     /* as QEMU's parser */
 #define QMP_MAX_BACKLOG (16 * 1024 * 1024)     /* undelivered output */
 #define QMP_READ_CHUNK 65536
+#define QMP_MAX_CLIENTS 100                    /* connected at once */
 
 /* Where the framer is between two bytes. */
 typedef enum FrameState {
@@ -105,6 +115,7 @@ static struct {
     int listen_fd;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     QmpClient *clients;
+    int nclients;           /* connected (socket) clients on the list */
 } qs = { .listen_fd = -1 };
 
 static void client_on_readable(void *opaque);
@@ -157,10 +168,33 @@ static FrameResult frame_top(QmpInput *in, char ch, const char **err)
     return FRAME_NEED_MORE;
 }
 
+/*
+ * Pure: a raw control character inside a value is invalid JSON (strings
+ * must escape them; between tokens only whitespace is allowed).  A newline
+ * in a string is left unconsumed, so that it ends the dropped line and the
+ * next line is read afresh: garbage with a stray quote costs one error,
+ * not the requests that follow it.
+ */
+static FrameResult frame_control(QmpInput *in, char ch, const char **err)
+{
+    if (ch == '\n') {
+        in->scan--;
+        *err = "JSON parse error, newline inside a string; input dropped up "
+               "to the newline";
+    } else {
+        *err = "JSON parse error, invalid control character; input dropped "
+               "up to the next newline";
+    }
+    return FRAME_ERROR;
+}
+
 /* Pure: byte ch at in->scan inside a value; FRAME_MESSAGE when it ends it. */
 static FrameResult frame_value(QmpInput *in, char ch, const char **err)
 {
     in->scan++;
+    if ((unsigned char)ch < 0x20 && (in->in_str || !is_json_space(ch))) {
+        return frame_control(in, ch, err);
+    }
     if (in->in_str) {
         if (in->esc) {
             in->esc = false;
@@ -466,6 +500,9 @@ void qmp_emit_event(const char *name, json_t *data)
 static void client_unlink(QmpClient *c) GS
 {
     GS_CODE();
+    if (c->fd >= 0) {
+        qs.nclients--;
+    }
     for (QmpClient **p = &qs.clients; *p; p = &(*p)->next) {
         if (*p == c) {
             *p = c->next;
@@ -830,6 +867,22 @@ static json_t *greeting(void)
                      "capabilities");
 }
 
+/* Main thread: one error line (best effort, never blocking) instead of
+ * the greeting, then the connection is closed. */
+static void refuse_client(int fd)
+{
+    char line[160];
+    int n = snprintf(line, sizeof(line),
+                     "{\"error\": {\"class\": \"GenericError\", \"desc\": "
+                     "\"Too many QMP clients (at most %d at once)\"}}\n",
+                     QMP_MAX_CLIENTS);
+
+    if (send(fd, line, n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+        /* the peer is gone or not reading: nothing more to tell it */
+    }
+    close(fd);
+}
+
 /* fd handler on the main loop (GS): a new connection. */
 static void on_accept(void *opaque)
 {
@@ -842,11 +895,20 @@ static void on_accept(void *opaque)
     if (fd < 0) {
         return;
     }
+    if (qs.nclients >= QMP_MAX_CLIENTS) {
+        refuse_client(fd);
+        return;
+    }
     c = calloc(1, sizeof(*c));
+    if (!c) {
+        close(fd);
+        return;
+    }
     c->fd = fd;
     c->refcnt = 1;
     c->next = qs.clients;
     qs.clients = c;
+    qs.nclients++;
     g = greeting();
     client_send(c, g);
     json_decref(g);
