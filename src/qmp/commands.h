@@ -8,7 +8,8 @@
  *
  *   cmd-node.c      blockdev-add/-del, query-named-block-nodes,
  *                   x-debug-query-block-graph
- *   cmd-export.c    block-export-add/-del, query-block-exports
+ *   cmd-export.c    block-export-add/-del, query-block-exports,
+ *                   x-diskstack-export-resume
  *   cmd-object.c    object-add/-del (iothread, throttle-group)
  *   cmd-qom.c       qom-get, qom-set (object properties: throttle limits)
  *   cmd-snapshot.c  blockdev-snapshot, -sync, -internal-sync,
@@ -16,6 +17,7 @@
  *                   change-backing-file
  *   cmd-reopen.c    blockdev-reopen
  *   cmd-inject.c    x-diskstack-inject-set/-clear/-query (inject filter)
+ *   cmd-job.c       job-*, block-job-*, query-jobs, query-block-jobs
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -60,5 +62,6 @@ extern const QmpCommandDef qmp_snapshot_commands[];
 extern const QmpCommandDef qmp_reopen_commands[];
 extern const QmpCommandDef qmp_qom_commands[];
 extern const QmpCommandDef qmp_inject_commands[];
+extern const QmpCommandDef qmp_job_commands[];
 
 #endif
