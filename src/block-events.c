@@ -23,30 +23,46 @@ void block_event_set_sink(BlockEventSink *sink)
     event_sink = sink;
 }
 
+/* GS: hands the event to the sink (which steals data). */
+static void emit_now(const char *name, json_t *data) GS
+{
+    if (event_sink) {
+        event_sink(name, data);
+    } else {
+        json_decref(data);
+    }
+}
+
 /* Main loop (bottom half). */
 static void deliver_event(void *opaque)
 {
     PostedEvent *ev = opaque;
 
     global_lock_assert_held();
-    if (event_sink) {
-        event_sink(ev->name, ev->data);      /* steals data */
-    } else {
-        json_decref(ev->data);
-    }
+    emit_now(ev->name, ev->data);
     free(ev->name);
     free(ev);
 }
 
 void block_event_post(const char *name, json_t *data)
 {
-    PostedEvent *ev = malloc(sizeof(*ev));
+    PostedEvent *ev;
 
+    data = data ? data : json_object();
+    if (in_main_thread() && global_lock_held()) {
+        /* GS code (a job's state change, a command): deliver now, so the
+         * event reaches the clients before the reply of the command that
+         * caused it, as QEMU's do. */
+        global_lock_assert_held();
+        emit_now(name, data);
+        return;
+    }
+    ev = malloc(sizeof(*ev));
     if (!ev || !(ev->name = strdup(name))) {
         free(ev);
         json_decref(data);
         return;
     }
-    ev->data = data ? data : json_object();
+    ev->data = data;
     loop_schedule(loop_main(), deliver_event, ev);
 }

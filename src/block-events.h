@@ -17,7 +17,9 @@
 typedef void BlockEventSink(const char *name, json_t *data);
 
 /* I/O or GS, any thread.  Steals data (a fresh object nobody else holds;
- * NULL means an empty object).  Never blocks. */
+ * NULL means an empty object).  Never blocks.  From GS code the event is
+ * delivered before the call returns (so before the reply of the command
+ * that caused it); from any other thread, on the main loop soon. */
 void block_event_post(const char *name, json_t *data);
 
 /* GS.  Where events go from now on (NULL: dropped).  Events already posted

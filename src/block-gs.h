@@ -56,6 +56,17 @@ BlockNode *coroutine_fn bdrv_co_open_blockdev(json_t *def, Error **errp) GS;
 BlockChild *coroutine_fn bdrv_co_open_child(BlockNode *parent, json_t *options,
                                             const char *key, BdrvChildRole role,
                                             bool allow_none, Error **errp) GS;
+/*
+ * For a driver's open callback: while bs is being opened as a child given
+ * by definition (an object, or one a format builds from its metadata), the
+ * node whose open is opening it; NULL for a top-level definition and once
+ * bs is open.  Walking it up gives the chain of opens in progress above bs
+ * (qcow2 uses it to find a backing file that loops back).
+ */
+BlockNode *bdrv_opening_parent(BlockNode *bs) GS;
+/* The identity of the open file under a `file` node (fstat of its fd):
+ * 0 and *dev, *ino, or -ENOTSUP if bs is not a file node (protocols/file.c). */
+int bdrv_file_identity(BlockNode *bs, uint64_t *dev, uint64_t *ino) GS;
 /* Attaches an existing node as a child of parent (checks permissions). */
 BlockChild *bdrv_attach_child(BlockNode *parent, BlockNode *child,
                               const char *name, BdrvChildRole role,

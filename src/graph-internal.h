@@ -21,6 +21,7 @@ typedef struct NodeState {
     BlockNode bs;
     bool monitor_owned;      /* GS: opened by blockdev-add, not nested */
     int open_depth;          /* GS: nesting level of its definition (0: top) */
+    BlockNode *opening_parent; /* GS: whose open opens it, while it opens */
     bool no_flush;           /* cache.no-flush: flush does not reach the driver */
     bool force_share;        /* force-share: share everything on children */
     bool discard_unmap;      /* discard=unmap: discards and MAY_UNMAP pass on */

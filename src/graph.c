@@ -687,7 +687,8 @@ static int coroutine_fn driver_open(BlockNode *bs, Error **errp) GS
 #define MAX_OPEN_DEPTH 200
 
 static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
-                                         int depth, Error **errp) GS
+                                         int depth, BlockNode *parent,
+                                         Error **errp) GS
 {
     if (!json_is_object(def)) {
         error_setg(errp, "Invalid parameter type, expected: object");
@@ -719,8 +720,11 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
     BlockNode *bs = &ns->bs;
     ns->monitor_owned = monitor_owned;
     ns->open_depth = depth;
+    ns->opening_parent = parent;
     named_add(bs);
-    if (driver_open(bs, errp) < 0) {
+    int ret = driver_open(bs, errp);
+    ns->opening_parent = NULL;
+    if (ret < 0) {
         detach_all_children(bs);
         node_free(bs);
         return NULL;
@@ -742,7 +746,13 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
 BlockNode *coroutine_fn bdrv_co_open_blockdev(json_t *def, Error **errp)
 {
     GS_CODE();
-    return open_node(def, true, 0, errp);
+    return open_node(def, true, 0, NULL, errp);
+}
+
+BlockNode *bdrv_opening_parent(BlockNode *bs)
+{
+    GS_CODE();
+    return node_state(bs)->opening_parent;
 }
 
 static BlockChild *coroutine_fn open_nested_child(BlockNode *parent,
@@ -760,7 +770,7 @@ static BlockChild *coroutine_fn open_nested_child(BlockNode *parent,
     }
     json_t *copy = json_deep_copy(def);
     opts_inherit(copy, parent_opts);
-    BlockNode *child = open_node(copy, false, depth, errp);
+    BlockNode *child = open_node(copy, false, depth, parent, errp);
     json_decref(copy);
     if (!child) {
         return NULL;

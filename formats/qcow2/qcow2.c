@@ -10,6 +10,7 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "qcow2.h"
 #include "block-gs.h"
 #include "driver.h"
@@ -868,19 +869,29 @@ static bool is_absolute_or_protocol(const char *name)
     return name[0] == '/' || strstr(name, "://") != NULL;
 }
 
-/* {"driver": fmt, "file": {"driver": "file", "filename": path,
- *  "x-regular-only": true}, "read-only": true} */
-static json_t *backing_definition(BlockNode *bs) GS
+/* GS: the path of bs's backing file, relative names taken from bs's
+ * directory. */
+static void backing_path(BlockNode *bs, char *path, size_t len) GS
 {
     Qcow2State *s = bs->opaque;
-    char path[8192];
+
+    GS_CODE();
     if (is_absolute_or_protocol(s->backing_file)) {
-        snprintf(path, sizeof(path), "%s", s->backing_file);
+        snprintf(path, len, "%s", s->backing_file);
     } else {
         char dir[4096];
         snprintf(dir, sizeof(dir), "%s", bs->filename);
-        snprintf(path, sizeof(path), "%s/%s", dirname(dir), s->backing_file);
+        snprintf(path, len, "%s/%s", dirname(dir), s->backing_file);
     }
+}
+
+/* {"driver": fmt, "file": {"driver": "file", "filename": path,
+ *  "x-regular-only": true}, "read-only": true} */
+static json_t *backing_definition(BlockNode *bs, const char *path) GS
+{
+    Qcow2State *s = bs->opaque;
+
+    GS_CODE();
     const char *fmt = s->backing_format;
     if (!fmt) {
         warn_report("qcow2: '%s' names no backing format for '%s'; opening it as "
@@ -892,6 +903,124 @@ static json_t *backing_definition(BlockNode *bs) GS
     return json_pack("{s:s, s:{s:s, s:s, s:b}, s:b}", "driver", fmt, "file",
                      "driver", "file", "filename", path, "x-regular-only", 1,
                      "read-only", 1);
+}
+
+/* GS: the identity of the file under n's image (through filters). */
+static int image_identity(BlockNode *n, uint64_t *dev, uint64_t *ino)
+    GRAPH_RDLOCK GS
+{
+    GS_CODE();
+    BlockNode *m = n->file ? n->file->node : NULL;
+
+    while (m && m->drv->is_filter && m->file) {
+        m = m->file->node;
+    }
+    return bdrv_file_identity(m, dev, ino);
+}
+
+/*
+ * GS: the qcow2 image, bs or one above it in the chain being opened (bs's
+ * opening parents), whose file is the file at path; NULL if none (or path
+ * cannot be looked up: the open will say why).  A backing chain is opened
+ * top-down, each image opening its backing file from its own open, so an
+ * image that names itself or one above it would recurse until the depth
+ * limit; comparing (st_dev, st_ino) catches every spelling of the name
+ * (relative, absolute, through a symlink or a hard link).
+ */
+static BlockNode *backing_loop(BlockNode *bs, const char *path) GS
+{
+    BlockNode *found = NULL;
+    struct stat st;
+
+    GS_CODE();
+    if (stat(path, &st) < 0) {
+        return NULL;
+    }
+    bdrv_graph_rdlock_main_loop();
+    for (BlockNode *n = bs; n && !found; n = bdrv_opening_parent(n)) {
+        uint64_t dev, ino;
+        if (n->drv == bs->drv && image_identity(n, &dev, &ino) == 0 &&
+            dev == (uint64_t)st.st_dev && ino == (uint64_t)st.st_ino) {
+            found = n;
+        }
+    }
+    bdrv_graph_rdunlock_main_loop();
+    return found;
+}
+
+/*
+ * The two messages open_backing writes.  Every image of a chain opens the
+ * next one, and every level would add its prefixes (the core's "Node 'x',
+ * child 'backing': ", then ours): 25 KB at the depth limit.  An error that
+ * contains one of these already comes from an image further down; it is
+ * cut back to that message, so only the innermost image's words are kept.
+ */
+#define BACKING_OPEN_ERR "qcow2: cannot open backing file '"
+#define BACKING_LOOP_ERR "qcow2: backing file '"
+
+/* Cuts err back to the innermost image's message; false if it has none. */
+static bool keep_innermost(Error *err)
+{
+    char *open_err = err ? strstr(err->msg, BACKING_OPEN_ERR) : NULL;
+    char *loop_err = err ? strstr(err->msg, BACKING_LOOP_ERR) : NULL;
+    char *m = !loop_err || (open_err && open_err < loop_err) ? open_err : loop_err;
+
+    if (!m) {
+        return false;
+    }
+    memmove(err->msg, m, strlen(m) + 1);
+    return true;
+}
+
+/*
+ * GS: {"backing": definition} for the backing file the metadata names, or
+ * NULL with *errp when it loops back.  Not inlined into the open below: its
+ * path buffers must not stay on the coroutine stack while the backing file
+ * opens (the recursion runs one level per image of the chain).
+ */
+static __attribute__((noinline)) json_t *metadata_backing(BlockNode *bs,
+                                                          Error **errp) GS
+{
+    Qcow2State *s = bs->opaque;
+    char path[8192];
+    BlockNode *loop;
+
+    GS_CODE();
+    backing_path(bs, path, sizeof(path));
+    if ((loop = backing_loop(bs, path))) {
+        error_setg(errp, BACKING_LOOP_ERR "%s' of '%s' loops back to '%s'",
+                   s->backing_file, bs->filename, loop->filename);
+        return NULL;
+    }
+    json_t *tmp = json_object();
+    json_object_set_new(tmp, "backing", backing_definition(bs, path));
+    return tmp;
+}
+
+/* GS: opens the backing file the metadata names, refusing a loop. */
+static int coroutine_fn open_backing_from_metadata(BlockNode *bs, Error **errp)
+    GS
+{
+    Qcow2State *s = bs->opaque;
+    json_t *tmp = metadata_backing(bs, errp);
+    Error *err = NULL;
+
+    GS_CODE();
+    if (!tmp) {
+        return -ELOOP;
+    }
+    BlockChild *c = bdrv_co_open_child(bs, tmp, "backing", BDRV_CHILD_COW,
+                                       false, &err);
+    json_decref(tmp);
+    if (!c) {
+        if (!keep_innermost(err)) {
+            error_prepend(&err, BACKING_OPEN_ERR "%s' of '%s': ",
+                          s->backing_file, bs->filename);
+        }
+        error_propagate(errp, err);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 static int coroutine_fn open_backing(BlockNode *bs, json_t *options, Error **errp) GS
@@ -906,19 +1035,7 @@ static int coroutine_fn open_backing(BlockNode *bs, json_t *options, Error **err
         c = bdrv_co_open_child(bs, options, "backing", BDRV_CHILD_COW, false, errp);
         return c ? 0 : -EINVAL;
     }
-    if (!s->backing_file) {
-        return 0;
-    }
-    json_t *tmp = json_object();
-    json_object_set_new(tmp, "backing", backing_definition(bs));
-    c = bdrv_co_open_child(bs, tmp, "backing", BDRV_CHILD_COW, false, errp);
-    json_decref(tmp);
-    if (!c) {
-        error_prepend(errp, "qcow2: cannot open backing file '%s' of '%s': ",
-                      s->backing_file, bs->filename);
-        return -EINVAL;
-    }
-    return 0;
+    return s->backing_file ? open_backing_from_metadata(bs, errp) : 0;
 }
 
 static void free_state(Qcow2State *s)

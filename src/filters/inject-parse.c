@@ -39,7 +39,7 @@ static const struct { const char *name; int err; } errno_names[] = {
 static const char *const rule_keys[] = {
     "id", "op", "offset", "length", "event", "probability", "after", "once",
     "trigger-file", "up-ms", "down-ms", "action", "errno", "delay-ms",
-    "delay-max-ms", NULL,
+    "delay-max-ms", "seed", NULL,
 };
 
 const char *inject_op_name(InjectOp op)
@@ -396,10 +396,13 @@ void inject_rule_free(InjectRule *r)
 }
 
 InjectRule *inject_rule_parse(json_t *obj, int index, const char *default_id,
-                              int64_t set_ns, Error **errp)
+                              int64_t set_ns, const int64_t *node_seed,
+                              Error **errp)
 {
     InjectRule *r = calloc(1, sizeof(*r));
     const char *id = NULL, *trigger = NULL;
+    bool has_seed = json_object_get(obj, "seed") != NULL;
+    int64_t seed = 0;
 
     if (!r) {
         abort();
@@ -408,12 +411,14 @@ InjectRule *inject_rule_parse(json_t *obj, int index, const char *default_id,
     r->event = -1;
     r->set_ns = set_ns;
     pthread_mutex_init(&r->arm_lock, NULL);
-    if (parse_fields(obj, r, &id, &trigger, index, errp) < 0) {
+    if (parse_fields(obj, r, &id, &trigger, index, errp) < 0 ||
+        get_int(obj, "seed", INT64_MIN, INT64_MAX, &seed, index, errp) < 0) {
         inject_rule_free(r);
         return NULL;
     }
     r->id = strdup(id ? id : default_id);
     r->trigger_file = trigger ? strdup(trigger) : NULL;
+    inject_rule_seed(r, has_seed ? &seed : NULL, node_seed);
     return r;
 }
 
@@ -464,11 +469,12 @@ static void optional_fields_to_json(const InjectRule *r, json_t *o)
 
 json_t *inject_rule_to_json(const InjectRule *r)
 {
-    json_t *o = json_pack("{s:s, s:o, s:s, s:f, s:I, s:b}", "id", r->id,
+    json_t *o = json_pack("{s:s, s:o, s:s, s:f, s:I, s:b, s:I}", "id", r->id,
                           "op", ops_to_json(r->ops),
                           "action", action_names[r->action],
                           "probability", r->probability,
-                          "after", (json_int_t)r->after, "once", r->once);
+                          "after", (json_int_t)r->after, "once", r->once,
+                          "seed", (json_int_t)r->seed);
 
     optional_fields_to_json(r, o);
     json_object_set_new(o, "matched", json_integer(atomic_load(&r->matched)));

@@ -43,23 +43,66 @@ static int64_t real_now_ns(void *opaque)
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* xorshift64*, one state per thread, seeded from the clock and the
- * state's own address (distinct per thread). */
-static double real_rand01(void *opaque)
-{
-    static _Thread_local uint64_t s;
+/*
+ * The rules' generators.  splitmix64 (Steele, Lea and Flood, "Fast
+ * splittable pseudorandom number generators", 2014): the state advances by
+ * a fixed odd constant and each output is a mix of the new state, so one
+ * atomic fetch-add is a complete, thread-safe step — no lock, no retry —
+ * and the n-th draw depends only on the seed and n.  That is what makes a
+ * run repeatable: with the same seeds and the same requests in the same
+ * order, the same requests fail.  (Requests racing on several IOThreads
+ * take the draws in whatever order they arrive.)
+ */
+#define SPLITMIX_GAMMA 0x9e3779b97f4a7c15ULL
 
-    if (!s) {
-        s = (uint64_t)real_now_ns(NULL) ^ (uint64_t)(uintptr_t)&s;
-        s |= 1;
-    }
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return (double)((s * 0x2545F4914F6CDD1DULL) >> 11) / (double)(1ULL << 53);
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
 }
 
-const InjectEnv inject_default_env = { real_now_ns, real_rand01, NULL };
+double inject_rule_rand01(InjectRule *r)
+{
+    uint64_t z = atomic_fetch_add(&r->rng, SPLITMIX_GAMMA) + SPLITMIX_GAMMA;
+
+    return (double)(mix64(z) >> 11) * 0x1.0p-53;
+}
+
+/* FNV-1a: a rule's id as a number, to tell rules of one node seed apart. */
+static uint64_t id_hash(const char *id)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (; *id; id++) {
+        h = (h ^ (unsigned char)*id) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+void inject_rule_seed(InjectRule *r, const int64_t *seed,
+                      const int64_t *node_seed)
+{
+    static _Atomic uint64_t unseeded;
+
+    if (seed) {
+        r->seed = *seed;
+    } else if (node_seed) {
+        r->seed = (int64_t)mix64((uint64_t)*node_seed ^ mix64(id_hash(r->id)));
+    } else {
+        r->seed = (int64_t)mix64((uint64_t)real_now_ns(NULL) ^
+                                 mix64(atomic_fetch_add(&unseeded, 1)));
+    }
+    atomic_store(&r->rng, (uint64_t)r->seed);
+}
+
+/* A draw for rule r: the test's world, or the rule's own generator. */
+static double draw(InjectRule *r, const InjectEnv *env)
+{
+    return env->rand01 ? env->rand01(env->opaque) : inject_rule_rand01(r);
+}
+
+const InjectEnv inject_default_env = { real_now_ns, NULL, NULL };
 
 /* ------------------------------------------------------------ lists */
 
@@ -130,7 +173,8 @@ static void next_default_id(const InjectRuleList *l, int *next_id, char *buf,
 }
 
 InjectRuleList *inject_rules_parse(const InjectRuleList *base, json_t *arr,
-                                   int *next_id, int64_t set_ns, Error **errp)
+                                   int *next_id, int64_t set_ns,
+                                   const int64_t *node_seed, Error **errp)
 {
     int nbase = base ? base->n : 0, saved_id = *next_id;
     InjectRuleList *l;
@@ -150,7 +194,7 @@ InjectRuleList *inject_rules_parse(const InjectRuleList *base, json_t *arr,
         InjectRule *r;
 
         next_default_id(l, next_id, def_id, sizeof(def_id));
-        r = inject_rule_parse(v, (int)i, def_id, set_ns, errp);
+        r = inject_rule_parse(v, (int)i, def_id, set_ns, node_seed, errp);
         if (r && list_has_id(l, r->id)) {
             error_setg(errp, "rules[%d].id: '%s' is already used", (int)i, r->id);
             rule_unref(r);
@@ -272,7 +316,7 @@ static bool decides_to_act(InjectRule *r, const InjectEnv *env)
     if (n < r->after) {
         return false;
     }
-    if (r->probability < 1.0 && !(env->rand01(env->opaque) < r->probability)) {
+    if (r->probability < 1.0 && !(draw(r, env) < r->probability)) {
         return false;
     }
     if (r->once) {
@@ -345,12 +389,12 @@ void inject_arm(const InjectRuleList *l, BlkDebugEvent ev, void *co)
     }
 }
 
-int64_t inject_delay_ns(const InjectRule *r, const InjectEnv *env)
+int64_t inject_delay_ns(InjectRule *r, const InjectEnv *env)
 {
     int64_t ms = r->delay_ms;
 
     if (r->delay_max_ms > r->delay_ms) {
-        ms += (int64_t)(env->rand01(env->opaque) *
+        ms += (int64_t)(draw(r, env) *
                         (double)(r->delay_max_ms - r->delay_ms + 1));
         ms = MIN(ms, r->delay_max_ms);
     }

@@ -3,7 +3,7 @@
  * for users who want to see what their stack does when the disk fails.
  *
  *   blockdev-add driver=inject node-name=N file=CHILD rules=[RULE...]
- *   --blockdev driver=inject,node-name=N,file=CHILD,rules-file=PATH
+ *   --blockdev driver=inject,node-name=N,file=CHILD,rules-file=PATH[,seed=S]
  *
  * Every request passes through the rule list (inject-rules.c); the first
  * live matching rule acts: fail with an errno (after an optional delay),
@@ -38,6 +38,8 @@ typedef struct InjectState {
     pthread_mutex_t lock;       /* guards rules (the pointer) */
     InjectRuleList *rules;      /* written GS under lock; read under lock */
     int next_id;                /* GS: the N of the next default id "r<N>" */
+    bool has_seed;              /* GS, set at open: the node's "seed" */
+    int64_t seed;
 } InjectState;
 
 extern const BlockDriver bdrv_inject;
@@ -48,12 +50,21 @@ static const BlockOptionDesc inject_options[] = {
       "array of rule objects (JSON syntax only; see diskstack-inject(7))" },
     { "rules-file", OPT_STRING, false, NULL,
       "a file holding a JSON array of rule objects" },
+    { "seed", OPT_INT, false, NULL,
+      "seeds the random draws of every rule without its own seed" },
     { NULL },
 };
 
 static int64_t now_ns(void)
 {
     return inject_default_env.now_ns(inject_default_env.opaque);
+}
+
+/* GS: what a new rule without "seed" derives its seed from (NULL: none). */
+static const int64_t *node_seed(InjectState *s) GS
+{
+    GS_CODE();
+    return s->has_seed ? &s->seed : NULL;
 }
 
 /* Thread-safe: the current snapshot, referenced. */
@@ -96,7 +107,8 @@ static int load_rules_file(InjectState *s, const char *path, InjectRuleList **l,
                    jerr.line);
         return -EINVAL;
     }
-    nl = inject_rules_parse(*l, arr, &s->next_id, now_ns(), errp);
+    nl = inject_rules_parse(*l, arr, &s->next_id, now_ns(), node_seed(s),
+                            errp);
     json_decref(arr);
     if (!nl) {
         error_prepend(errp, "rules-file '%s': ", path);
@@ -117,7 +129,10 @@ static InjectRuleList *initial_rules(InjectState *s, json_t *options,
     InjectRuleList *l;
 
     GS_CODE();
-    l = inject_rules_parse(NULL, arr ? arr : empty, &s->next_id, now_ns(), errp);
+    s->has_seed = json_object_get(options, "seed") != NULL;
+    s->seed = opt_int(options, "seed", 0);
+    l = inject_rules_parse(NULL, arr ? arr : empty, &s->next_id, now_ns(),
+                           node_seed(s), errp);
     json_decref(empty);
     if (l && path && load_rules_file(s, path, &l, errp) < 0) {
         inject_list_unref(l);
@@ -300,7 +315,8 @@ int inject_node_set(BlockNode *bs, json_t *rules, bool replace, Error **errp) GS
     GS_CODE();
     InjectState *s = bs->opaque;
     InjectRuleList *l = inject_rules_parse(replace ? NULL : s->rules, rules,
-                                           &s->next_id, now_ns(), errp);
+                                           &s->next_id, now_ns(), node_seed(s),
+                                           errp);
 
     if (!l) {
         return -EINVAL;

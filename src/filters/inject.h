@@ -67,7 +67,9 @@ typedef struct InjectRule {
     InjectAction action;
     int err;                    /* positive errno for fail */
     int64_t delay_ms, delay_max_ms;   /* delay_max_ms < delay_ms: fixed */
+    int64_t seed;               /* the generator's seed (as the JSON shows it) */
     /* --- run-time state --- */
+    _Atomic uint64_t rng;               /* splitmix64 state, starts at seed */
     _Atomic int64_t matched, fired;
     _Atomic bool spent;                 /* once: has fired */
     _Atomic int64_t trigger_checked_ns; /* last stat (0: never) */
@@ -92,33 +94,54 @@ typedef struct InjectReq {
 } InjectReq;
 
 /* What the matcher needs from the world, so tests can drive it: the
- * clock (nanoseconds, monotonic) and a uniform random number in [0, 1). */
+ * clock (nanoseconds, monotonic) and a uniform random number in [0, 1).
+ * rand01 NULL: each rule draws from its own seeded generator
+ * (inject_rule_rand01), so a run with the same seeds repeats. */
 typedef struct InjectEnv {
     int64_t (*now_ns)(void *opaque);
     double (*rand01)(void *opaque);
     void *opaque;
 } InjectEnv;
 
-/* The real clock and a per-thread generator. */
+/* The real clock and the rules' own generators. */
 extern const InjectEnv inject_default_env;
+
+/*
+ * The next number in [0, 1) of r's generator: splitmix64 on an atomic
+ * state, so draws from any number of threads at once each take one step
+ * and the n-th draw of a rule seeded s is always the same number.
+ * Thread-safe.
+ */
+double inject_rule_rand01(InjectRule *r);
+/* Seeds r's generator (r->id set): with *seed, else from *node_seed and
+ * the id, else from the clock and a counter (both pointers may be NULL).
+ * Called by the parser; pure but for that counter. */
+void inject_rule_seed(InjectRule *r, const int64_t *seed,
+                      const int64_t *node_seed);
 
 /*
  * Parses one RULE object (index: its place in the caller's array, for
  * messages "rules[2].errno: ...").  default_id is used when it has no
- * "id".  set_ns is the phases' origin.  NULL with *errp naming the field.
+ * "id".  set_ns is the phases' origin.  A rule without "seed" takes one
+ * derived from *node_seed and its id (the same node seed gives a rule of
+ * the same id the same draws), or, node_seed NULL, an unpredictable one
+ * (the query shows it).  NULL with *errp naming the field.
  */
 InjectRule *inject_rule_parse(json_t *obj, int index, const char *default_id,
-                              int64_t set_ns, Error **errp);
+                              int64_t set_ns, const int64_t *node_seed,
+                              Error **errp);
 /* Frees a rule whose last reference is gone (for the lists). */
 void inject_rule_free(InjectRule *r);
 /*
  * Parses an array of RULE objects and appends them to base (NULL: empty),
  * returning a new list (base is not changed).  Ids default to "r<N>" with
  * N counting from *next_id (advanced); an id already in the result is an
- * error.  NULL with *errp on any bad rule: all or nothing.
+ * error.  node_seed as for inject_rule_parse.  NULL with *errp on any
+ * bad rule: all or nothing.
  */
 InjectRuleList *inject_rules_parse(const InjectRuleList *base, json_t *arr,
-                                   int *next_id, int64_t set_ns, Error **errp);
+                                   int *next_id, int64_t set_ns,
+                                   const int64_t *node_seed, Error **errp);
 /* The list without the rule called id (NULL id: an empty list); NULL with
  * *errp when there is no such rule. */
 InjectRuleList *inject_rules_without(const InjectRuleList *l, const char *id,
@@ -141,7 +164,7 @@ InjectRule *inject_match(const InjectRuleList *l, const InjectReq *req,
  * l waiting for ev.  Thread-safe. */
 void inject_arm(const InjectRuleList *l, BlkDebugEvent ev, void *co);
 /* The delay of a rule's action, in ns (random in [delay, delay-max]). */
-int64_t inject_delay_ns(const InjectRule *r, const InjectEnv *env);
+int64_t inject_delay_ns(InjectRule *r, const InjectEnv *env);
 
 /* Names: "read", ... for one op bit; "EIO", ... for an errno (NULL if it
  * has no name here). */

@@ -1138,6 +1138,31 @@ static int coroutine_fn file_co_truncate(BlockNode *bs, int64_t offset,
     return 0;
 }
 
+/* ------------------------------------------------------------------------
+ * Identity (GS), for the loop check of formats that open files named by
+ * image metadata: fstat of the open fd, not of a path that may have moved.
+ */
+
+extern const BlockDriver bdrv_file;
+
+int bdrv_file_identity(BlockNode *bs, uint64_t *dev, uint64_t *ino) GS
+{
+    GS_CODE();
+    FileState *s;
+    struct stat st;
+
+    if (!bs || bs->drv != &bdrv_file) {
+        return -ENOTSUP;
+    }
+    s = bs->opaque;
+    if (s->fd < 0 || fstat(s->fd, &st) < 0) {
+        return -EBADF;
+    }
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    return 0;
+}
+
 const BlockDriver bdrv_file = {
     .format_name = "file",
     .instance_size = sizeof(FileState),

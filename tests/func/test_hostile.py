@@ -121,16 +121,42 @@ class HostileBacking(QmpHelpers, FuseTestCase):
         self.assertFalse(os.path.exists(self.path('gone.raw')),
                          'a missing backing file was created')
 
+    def assertLoopRefused(self, image, name, of, back_to):
+        """image is refused with the one short line of the loop check."""
+        err = self.refused(image, "qcow2: backing file '%s' of '%s' loops back "
+                           "to '%s'" % (name, of, back_to))
+        self.assertLess(len(err), 1024, err)
+
     def test_backing_loop_refused(self):
-        """An image that is its own backing file, and a two-image loop: a
-        clear error, not a stack overflow."""
+        """An image that is its own backing file, a two-image loop and a
+        loop through a symlink: one short line naming the loop, not a stack
+        overflow nor a message per level."""
         make_overlay(self.path('self.qcow2'), 'selX.qcow2', 'qcow2')
         set_backing_name(self.path('self.qcow2'), 'self.qcow2')
-        self.refused(self.path('self.qcow2'), 'nested more than',
-                     'loops back on itself')
+        self.assertLoopRefused(self.path('self.qcow2'), 'self.qcow2',
+                               self.path('self.qcow2'), self.path('self.qcow2'))
         make_overlay(self.path('a.qcow2'), 'b.qcow2', 'qcow2')
         make_overlay(self.path('b.qcow2'), 'a.qcow2', 'qcow2')
-        self.refused(self.path('a.qcow2'), 'loops back on itself')
+        self.assertLoopRefused(self.path('a.qcow2'), 'a.qcow2',
+                               self.path('b.qcow2'), self.path('a.qcow2'))
+        os.symlink('c.qcow2', self.path('c-link.qcow2'))
+        make_overlay(self.path('c.qcow2'), 'c-link.qcow2', 'qcow2')
+        self.assertLoopRefused(self.path('c.qcow2'), 'c-link.qcow2',
+                               self.path('c.qcow2'), self.path('c.qcow2'))
+
+    def test_backing_chain_past_the_depth_limit(self):
+        """A chain of 205 distinct images (no loop) stops at the depth limit
+        with one short message, not one prefix per level."""
+        name = lambda i: 'd%03d.qcow2' % i
+        make_overlay(self.path(name(0)), name(1), 'qcow2')
+        with open(self.path(name(0)), 'rb') as f:
+            template = f.read()
+        for i in range(1, 205):
+            with open(self.path(name(i)), 'wb') as f:
+                f.write(template)
+            set_backing_name(self.path(name(i)), name(i + 1))
+        err = self.refused(self.path(name(0)), 'nested more than 200 levels')
+        self.assertLess(len(err), 1024, err)
 
     def test_regular_backing_opened_read_only(self):
         """The usual case still works: a relative regular backing file is

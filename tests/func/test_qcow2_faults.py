@@ -28,6 +28,7 @@ import json
 import os
 import random
 import struct
+import sys
 
 from common import (FALLOC_FL_ZERO_RANGE, MiB, FuseTestCase, fallocate, is_mounted,
                     pread_all, pwrite_all, require_tool, run_qemu_img, wait_for)
@@ -148,6 +149,13 @@ class FaultStack(QmpHelpers):
                          % (r.stdout.decode(errors='replace'),
                             r.stderr.decode(errors='replace')))
         return r
+
+
+def fault_seed():
+    """The seed of a random fault test: DISKSTACK_FAULT_SEED if set, else a
+    fresh one (the test prints it, so a failure can be repeated)."""
+    env = os.environ.get('DISKSTACK_FAULT_SEED')
+    return int(env, 0) if env else random.SystemRandom().getrandbits(63)
 
 
 def pattern(seed, n):
@@ -307,13 +315,17 @@ class Qcow2Faults(FaultStack, FuseTestCase):
 
     def test_random_write_faults(self):
         # one write or flush in five below qcow2 fails, whatever step it
-        # belongs to (the filter draws its own random numbers, so each run
-        # fails different steps); writes up to 64 KiB also take the
-        # allocator's long-run path (new refcount blocks after the run).
-        # Failed ranges are written again once the faults stop.
-        rng = random.Random(6)
+        # belongs to; writes up to 64 KiB also take the allocator's long-run
+        # path (new refcount blocks after the run).  Failed ranges are
+        # written again once the faults stop.  One seed picks the writes and
+        # seeds the filter's draws (the rule's "seed"), so each run fails
+        # different steps and a failing run repeats with the seed it prints.
+        seed = fault_seed()
+        print('test_random_write_faults: DISKSTACK_FAULT_SEED=%d' % seed,
+              file=sys.stderr)
+        rng = random.Random(seed)
         self.set_rule({'id': 'rnd', 'op': ['write', 'flush'], 'probability': 0.2,
-                       'action': 'fail', 'errno': 'EIO'})
+                       'action': 'fail', 'errno': 'EIO', 'seed': seed})
         failed = []
         for i in range(300):
             n = rng.randrange(1, 65536)
@@ -333,7 +345,10 @@ class Qcow2Faults(FaultStack, FuseTestCase):
                 except OSError as e:
                     self.assertEqual(e.errno, errno.EIO)
                     failed.append((off, n))
-        self.assertGreater(self.fired('rnd'), 0)
+        fired = self.fired('rnd')
+        print('test_random_write_faults: %d faults, failed %s' % (fired, failed),
+              file=sys.stderr)
+        self.assertGreater(fired, 0)
         self.clear_rules()
         for k, (off, n) in enumerate(failed):
             self.write(off, pattern(1000 + k, n))

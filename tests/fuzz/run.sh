@@ -1,12 +1,13 @@
 #!/bin/sh
 # run.sh [-t SECONDS] [BUILD_DIR] — bounded run of the fuzzers: the qcow2
-# harnesses and fuzz-qmp (the QMP framing, parser and argument checks).
+# harnesses, fuzz-qmp (the QMP framing, parser and argument checks) and
+# fuzz-inject-rules (the inject filter's rules and their query round trip).
 #
 # Sets up BUILD_DIR (default build-fuzz-clang) with clang if it does not
 # exist, builds the harnesses, generates the qcow2 seed corpus with qemu-img
 # (make-seeds.sh; fuzz-qmp's seeds are tests/fuzz/qmp-seeds with the
-# dictionary qmp.dict), then runs each harness for SECONDS (default 60) with
-# -max_total_time.  The corpus grows in BUILD_DIR/fuzz/corpus-<harness>
+# dictionary qmp.dict; fuzz-inject-rules' are tests/fuzz/inject-seeds), then
+# runs each harness for SECONDS (default 60) with -max_total_time.  The corpus grows in BUILD_DIR/fuzz/corpus-<harness>
 # between runs; a crash leaves its input in BUILD_DIR/fuzz/artifacts and the
 # script exits 1 (reproduce with: BUILD_DIR/tests/fuzz/<harness> <input>;
 # FUZZ_TRACE=1 prints the write harness's requests).
@@ -20,8 +21,9 @@ case $build in /*) ;; *) build=$src/$build ;; esac
 if [ ! -f "$build/build.ninja" ]; then
     CC=clang meson setup "$build" "$src" >/dev/null
 fi
-ninja -C "$build" -j2 tests/fuzz/fuzz-qcow2-open tests/fuzz/fuzz-qcow2-write \
-    tests/fuzz/fuzz-qmp >/dev/null
+harnesses="fuzz-qcow2-open fuzz-qcow2-write fuzz-qmp fuzz-inject-rules"
+# shellcheck disable=SC2046
+ninja -C "$build" -j2 $(for h in $harnesses; do echo "tests/fuzz/$h"; done) >/dev/null
 
 work=$build/fuzz
 rm -rf "$work/seeds"
@@ -29,12 +31,13 @@ mkdir -p "$work/artifacts"
 "$src/tests/fuzz/make-seeds.sh" "$work/seeds"
 
 status=0
-for h in fuzz-qcow2-open fuzz-qcow2-write fuzz-qmp; do
+for h in $harnesses; do
     corpus=$work/corpus-$h
     seeds=$work/seeds extra=
-    if [ "$h" = fuzz-qmp ]; then
-        seeds=$src/tests/fuzz/qmp-seeds extra=-dict=$src/tests/fuzz/qmp.dict
-    fi
+    case $h in
+    fuzz-qmp) seeds=$src/tests/fuzz/qmp-seeds extra=-dict=$src/tests/fuzz/qmp.dict ;;
+    fuzz-inject-rules) seeds=$src/tests/fuzz/inject-seeds ;;
+    esac
     mkdir -p "$corpus"
     log=$work/$h.log
     # -rss_limit_mb: a fuzzed header may ask for big (bounded) tables

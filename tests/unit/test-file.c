@@ -284,6 +284,83 @@ Test(file, open_errors_name_the_file)
 }
 
 /* ------------------------------------------------------------------------
+ * x-regular-only: what a format sets on a file its metadata names (a qcow2
+ * backing file).  Checked on the open fd, so a symlink counts as what it
+ * points to; a FIFO never blocks the open, with the option or without.
+ */
+
+/* A read-only file node on path, with or without x-regular-only. */
+static json_t *typed_def(const char *path, bool regular_only)
+{
+    return json_pack("{s:s, s:s, s:b, s:b}", "driver", "file", "filename", path,
+                     "read-only", 1, "x-regular-only", regular_only);
+}
+
+/* Opening path is refused with a message that contains want. */
+static void refused_with(const char *path, bool regular_only, const char *want)
+{
+    TestOpen o = open_def(typed_def(path, regular_only), BLK_PERM_CONSISTENT_READ,
+                          BLK_PERM_ALL);
+
+    cr_assert_null(o.bs, "%s was opened", path);
+    cr_assert(strstr(o.err, want), "%s: got '%s', want '%s'", path, o.err, want);
+}
+
+/* The message x-regular-only gives for path, of type `what`. */
+static void refused_as(const char *path, const char *what)
+{
+    char want[512];
+
+    snprintf(want, sizeof(want), "'%s' is %s, not a regular file: a file named "
+             "by image metadata must be a regular file", path, what);
+    refused_with(path, true, want);
+}
+
+Test(file, regular_only_opens_a_regular_file)
+{
+    char path[128];
+    uint8_t buf[4096];
+
+    make_path(path, sizeof(path), "regular.img");
+    create_image(path, MiB, true);
+    TestOpen o = open_ok(typed_def(path, true), BLK_PERM_CONSISTENT_READ);
+    cr_assert_eq(READ(o.blk, 8192, buf, sizeof(buf)), 0);
+    cr_assert_eq(buf[0], pattern_byte(8192));
+    close_all(&o);
+}
+
+Test(file, regular_only_refuses_device_directory_fifo_and_symlink)
+{
+    char fifo[128], link[128];
+
+    make_path(fifo, sizeof(fifo), "fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+    make_path(link, sizeof(link), "zero-link");
+    cr_assert_eq(symlink("/dev/zero", link), 0, "symlink: %s", strerror(errno));
+    refused_as("/dev/zero", "a character device");
+    refused_as(tmpdir, "a directory");
+    refused_as(fifo, "a FIFO");
+    refused_as(link, "a character device");
+}
+
+/* Without the option a FIFO is refused too, and at once: the open does not
+ * wait for a writer that never comes (the suite's timeout would catch a
+ * hang). */
+Test(file, fifo_refused_promptly_without_the_option, .timeout = 10)
+{
+    char fifo[128], want[256];
+
+    make_path(fifo, sizeof(fifo), "fifo");
+    cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+    snprintf(want, sizeof(want), "'%s' is not a regular file or block device", fifo);
+    refused_with(fifo, false, want);
+    TestOpen o = open_def(json_pack("{s:s, s:s}", "driver", "file", "filename", fifo),
+                          RW_PERM, BLK_PERM_ALL);
+    cr_assert_null(o.bs, "a FIFO opened read-write");
+    cr_assert(strstr(o.err, want), "read-write: got '%s'", o.err);
+}
+
+/* ------------------------------------------------------------------------
  * The aio option picks the engine: the thread pool starts workers only for
  * the requests the mode sends to it.
  */

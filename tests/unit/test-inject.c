@@ -16,6 +16,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include "fake-drivers.h"
@@ -57,7 +58,7 @@ static InjectRuleList *parse(const char *text, char *msg, size_t len)
     InjectRuleList *l;
 
     cr_assert_not_null(arr, "bad JSON in test: %s", text);
-    l = inject_rules_parse(NULL, arr, &next_id, 0, &err);
+    l = inject_rules_parse(NULL, arr, &next_id, 0, NULL, &err);
     json_decref(arr);
     if (msg) {
         snprintf(msg, len, "%s", err ? error_get_pretty(err) : "");
@@ -165,6 +166,8 @@ Test(inject, bad_input_names_the_field)
     parse_bad("[{\"delay-ms\": 5, \"delay-max-ms\": 4}]", "rules[0].delay-max-ms");
     parse_bad("[{\"delay-max-ms\": 4}]", "rules[0].delay-max-ms: needs delay-ms");
     parse_bad("[{\"action\": \"unsafe-drop-write\", \"op\": \"read\"}]", "rules[0].op");
+    parse_bad("[{\"seed\": \"1\"}]", "rules[0].seed: expected an integer");
+    parse_bad("[{\"seed\": 1.5}]", "rules[0].seed: expected an integer");
 }
 
 Test(inject, append_is_all_or_nothing_and_ids_continue)
@@ -176,11 +179,11 @@ Test(inject, append_is_all_or_nothing_and_ids_continue)
     int next_id = 2;
     InjectRuleList *l;
 
-    cr_assert_null(inject_rules_parse(base, bad, &next_id, 0, &err));
+    cr_assert_null(inject_rules_parse(base, bad, &next_id, 0, NULL, &err));
     cr_assert_eq(next_id, 2, "a refused list uses up no ids");
     cr_assert_eq(base->n, 2, "the base is not changed");
     error_free(err);
-    l = inject_rules_parse(base, good, &next_id, 0, NULL);
+    l = inject_rules_parse(base, good, &next_id, 0, NULL, NULL);
     cr_assert_not_null(l);
     cr_assert_eq(l->n, 4);
     cr_assert_eq(l->rules[0], base->rules[0], "appending shares the old rules");
@@ -213,7 +216,7 @@ Test(inject, query_json_round_trips)
 {
     InjectRuleList *l = parse_ok(
         "[{\"id\": \"a\", \"op\": \"write\", \"offset\": 0, \"length\": 8,"
-        "  \"errno\": 77}, {\"action\": \"delay\", \"delay-ms\": 3}]");
+        "  \"errno\": 77, \"seed\": -5}, {\"action\": \"delay\", \"delay-ms\": 3}]");
     json_t *j = inject_rules_to_json(l), *again;
     char msg[512];
     int next_id = 0;
@@ -223,6 +226,9 @@ Test(inject, query_json_round_trips)
     json_t *a = json_array_get(j, 0);
     cr_assert_str_eq(json_string_value(json_object_get(a, "id")), "a");
     cr_assert_eq(json_integer_value(json_object_get(a, "errno")), 77);
+    cr_assert_eq(json_integer_value(json_object_get(a, "seed")), -5);
+    cr_assert(json_is_integer(json_object_get(json_array_get(j, 1), "seed")),
+              "an unseeded rule shows the seed it drew");
     cr_assert_eq(json_integer_value(json_object_get(a, "matched")), 0);
     cr_assert_eq(json_integer_value(json_object_get(a, "fired")), 0);
     cr_assert_null(json_object_get(json_array_get(j, 1), "errno"));
@@ -231,7 +237,7 @@ Test(inject, query_json_round_trips)
         json_object_del(json_array_get(j, i), "matched");
         json_object_del(json_array_get(j, i), "fired");
     }
-    InjectRuleList *l2 = inject_rules_parse(NULL, j, &next_id, 0, &err);
+    InjectRuleList *l2 = inject_rules_parse(NULL, j, &next_id, 0, NULL, &err);
     snprintf(msg, sizeof(msg), "%s", err ? error_get_pretty(err) : "");
     cr_assert_not_null(l2, "%s", msg);
     again = inject_rules_to_json(l2);
@@ -330,6 +336,145 @@ Test(inject, probability_real_draws_are_near_the_rate)
     inject_list_unref(l);
 }
 
+/* Parses text with a node seed (NULL: none). */
+static InjectRuleList *parse_seeded(const char *text, const int64_t *node_seed)
+{
+    json_t *arr = json_loads(text, 0, NULL);
+    int next_id = 0;
+    InjectRuleList *l;
+
+    cr_assert_not_null(arr, "bad JSON in test: %s", text);
+    l = inject_rules_parse(NULL, arr, &next_id, 0, node_seed, NULL);
+    json_decref(arr);
+    cr_assert_not_null(l, "%s", text);
+    return l;
+}
+
+/* The decisions of the first rule of l on n reads with the real draws,
+ * as a string of '1' (acted) and '0'. */
+static void decisions(InjectRuleList *l, char *out, int n)
+{
+    InjectReq req = { INJ_OP_READ, 0, 1, NULL };
+
+    for (int i = 0; i < n; i++) {
+        out[i] = inject_match(l, &req, &inject_default_env) ? '1' : '0';
+    }
+    out[n] = 0;
+}
+
+#define NDEC 256
+
+Test(inject, same_seed_same_decisions_other_seed_others)
+{
+    const char *r42 = "[{\"probability\": 0.5, \"seed\": 42}]";
+    InjectRuleList *a = parse_seeded(r42, NULL), *b = parse_seeded(r42, NULL);
+    InjectRuleList *c = parse_seeded("[{\"probability\": 0.5, \"seed\": 43}]", NULL);
+    char da[NDEC + 1], db[NDEC + 1], dc[NDEC + 1];
+
+    decisions(a, da, NDEC);
+    decisions(b, db, NDEC);
+    decisions(c, dc, NDEC);
+    cr_assert_str_eq(da, db, "seed 42 twice");
+    cr_assert_str_neq(da, dc, "seeds 42 and 43");
+    cr_assert(strchr(da, '0') && strchr(da, '1'), "%s", da);
+    cr_assert_eq(a->rules[0]->seed, 42);
+    inject_list_unref(a);
+    inject_list_unref(b);
+    inject_list_unref(c);
+}
+
+Test(inject, seeded_random_delays_repeat)
+{
+    const char *d = "[{\"action\": \"delay\", \"delay-ms\": 0,"
+                    "  \"delay-max-ms\": 1000, \"seed\": 9}]";
+    InjectRuleList *a = parse_seeded(d, NULL), *b = parse_seeded(d, NULL);
+    int64_t first = inject_delay_ns(b->rules[0], &inject_default_env);
+    int differ = 0;
+
+    cr_assert_eq(inject_delay_ns(a->rules[0], &inject_default_env), first);
+    for (int i = 1; i < 64; i++) {
+        int64_t da = inject_delay_ns(a->rules[0], &inject_default_env);
+        cr_assert_eq(da, inject_delay_ns(b->rules[0], &inject_default_env),
+                     "draw %d", i);
+        differ += da != first;
+    }
+    cr_assert_gt(differ, 0, "the delays are random");
+    inject_list_unref(a);
+    inject_list_unref(b);
+}
+
+Test(inject, node_seed_gives_each_id_its_own_repeatable_seed)
+{
+    const char *text = "[{\"id\": \"a\", \"probability\": 0.5},"
+                       " {\"id\": \"b\", \"probability\": 0.5},"
+                       " {\"id\": \"own\", \"seed\": 3}]";
+    const int64_t s7 = 7, s8 = 8;
+    InjectRuleList *x = parse_seeded(text, &s7), *y = parse_seeded(text, &s7);
+    InjectRuleList *z = parse_seeded(text, &s8);
+    InjectRuleList *u = parse_seeded(text, NULL), *v = parse_seeded(text, NULL);
+
+    cr_assert_eq(x->rules[0]->seed, y->rules[0]->seed);
+    cr_assert_eq(x->rules[1]->seed, y->rules[1]->seed);
+    cr_assert_neq(x->rules[0]->seed, x->rules[1]->seed, "ids a and b");
+    cr_assert_neq(x->rules[0]->seed, z->rules[0]->seed, "node seeds 7 and 8");
+    cr_assert_eq(x->rules[2]->seed, 3, "a rule's own seed wins");
+    cr_assert_neq(u->rules[0]->seed, v->rules[0]->seed, "no seed: unpredictable");
+    InjectRuleList *lists[] = { x, y, z, u, v };
+    for (size_t i = 0; i < ARRAY_SIZE(lists); i++) {
+        inject_list_unref(lists[i]);
+    }
+}
+
+/* Four threads draw from one rule at once: every step is taken exactly
+ * once, so the draws are the single-threaded sequence, reordered. */
+typedef struct DrawJob {
+    InjectRule *r;
+    double got[1000];
+} DrawJob;
+
+static void *draw_thread(void *opaque)
+{
+    DrawJob *j = opaque;
+
+    for (int i = 0; i < 1000; i++) {
+        j->got[i] = inject_rule_rand01(j->r);
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return (x > y) - (x < y);
+}
+
+Test(inject, generator_is_thread_safe)
+{
+    const char *text = "[{\"seed\": 11}]";
+    InjectRuleList *shared = parse_seeded(text, NULL), *ref = parse_seeded(text, NULL);
+    static DrawJob jobs[4];
+    static double all[4000], want[4000];
+    pthread_t t[4];
+
+    for (int i = 0; i < 4; i++) {
+        jobs[i].r = shared->rules[0];
+        pthread_create(&t[i], NULL, draw_thread, &jobs[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        memcpy(all + i * 1000, jobs[i].got, sizeof(jobs[i].got));
+    }
+    for (int i = 0; i < 4000; i++) {
+        want[i] = inject_rule_rand01(ref->rules[0]);
+    }
+    qsort(all, 4000, sizeof(double), cmp_double);
+    qsort(want, 4000, sizeof(double), cmp_double);
+    cr_assert_arr_eq(all, want, sizeof(all));
+    inject_list_unref(shared);
+    inject_list_unref(ref);
+}
+
 Test(inject, up_down_phases_on_a_fake_clock)
 {
     char text[128];
@@ -339,7 +484,7 @@ Test(inject, up_down_phases_on_a_fake_clock)
     snprintf(text, sizeof(text), "[{\"up-ms\": 100, \"down-ms\": 50}]");
     json_t *arr = json_loads(text, 0, NULL);
     int next_id = 0;
-    l = inject_rules_parse(NULL, arr, &next_id, world.now, NULL);
+    l = inject_rules_parse(NULL, arr, &next_id, world.now, NULL, NULL);
     json_decref(arr);
     cr_assert_not_null(l);
     int64_t t0 = world.now;
@@ -540,6 +685,32 @@ Test(inject, live_set_and_clear)
     cr_assert_eq(req(&c, REQ_WRITE, 0, 4096, buf), 0, "replace dropped b");
     cr_assert_eq(inject_node_clear(c.inj, NULL, NULL), 0);
     cr_assert_eq(req(&c, REQ_READ, 0, 4096, buf), 0);
+}
+
+Test(inject, node_seed_option_decides_like_the_matcher)
+{
+    global_lock_assert_held();
+    const char *rules = "[{\"id\": \"p\", \"op\": \"read\", \"probability\": 0.5}]";
+    const int64_t seed = -5;
+    static uint8_t buf[4096];
+    char want[65], got[65];
+    Chain c;
+
+    chain_open(&c, "driver=inject,node-name=inj,seed=-5,file.driver=mem,"
+                   "file.node-name=mem,file.size=1M");
+    set_rules(&c, rules, false, 0);
+    InjectRuleList *l = parse_seeded(rules, &seed);
+    decisions(l, want, 64);
+    for (int i = 0; i < 64; i++) {
+        got[i] = req(&c, REQ_READ, 0, 4096, buf) == -EIO ? '1' : '0';
+    }
+    got[64] = 0;
+    cr_assert_str_eq(got, want, "the node's seed is the matcher's");
+    json_t *q = inject_node_query(c.inj);
+    cr_assert_eq(json_integer_value(json_object_get(json_array_get(q, 0), "seed")),
+                 l->rules[0]->seed);
+    json_decref(q);
+    inject_list_unref(l);
 }
 
 Test(inject, refuses_bad_rules_at_open_and_keyval_rules)
