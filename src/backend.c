@@ -50,7 +50,9 @@ static const char *blk_child_get_name(BlockChild *c)
 {
     static char buf[256];
     BlockBackend *blk = c->parent_opaque;
-    snprintf(buf, sizeof(buf), "export '%s'", blk->name);
+    const char *kind = blk->ops && blk->ops->user_kind ? blk->ops->user_kind
+                                                       : "export";
+    snprintf(buf, sizeof(buf), "%s '%s'", kind, blk->name);
     return buf;
 }
 
@@ -78,14 +80,24 @@ static void blk_quiesce_end_locked(BlockBackend *blk)
     }
 }
 
-static void blk_child_quiesce_begin(BlockChild *c)
+static void blk_child_quiesce_begin(BlockChild *c) GS
 {
-    blk_quiesce_begin_locked(c->parent_opaque);
+    BlockBackend *blk = c->parent_opaque;
+
+    blk_quiesce_begin_locked(blk);
+    if (blk->ops && blk->ops->quiesce_begin) {
+        blk->ops->quiesce_begin(blk->ops_opaque);
+    }
 }
 
-static void blk_child_quiesce_end(BlockChild *c)
+static void blk_child_quiesce_end(BlockChild *c) GS
 {
-    blk_quiesce_end_locked(c->parent_opaque);
+    BlockBackend *blk = c->parent_opaque;
+
+    if (blk->ops && blk->ops->quiesce_end) {
+        blk->ops->quiesce_end(blk->ops_opaque);
+    }
+    blk_quiesce_end_locked(blk);
 }
 
 static bool blk_child_has_in_flight(BlockChild *c)

@@ -193,8 +193,17 @@ int bdrv_reopen_refuse_changes(const BlockReopenState *rs,
  * Backends.
  */
 typedef struct BlockBackendOps {
+    /* What the user is, for messages ("job" gives "job 'NAME'"); NULL:
+     * "export". */
+    const char *user_kind;
     /* The root's length changed (e.g. another user resized it). */
     void (*resize)(void *opaque);
+    /* A quiesced section reached the backend (begin) / ended (end); they
+     * nest.  GS, main thread; in flight: the backend's own requests may
+     * be.  A job's backend pauses the job at its next pause point
+     * (jobs/block-job.c).  Both optional. */
+    void (*quiesce_begin)(void *opaque) GS_PTR;
+    void (*quiesce_end)(void *opaque) GS_PTR;
 } BlockBackendOps;
 
 BlockBackend *blk_new(const char *name, uint64_t perm, uint64_t shared_perm) GS;

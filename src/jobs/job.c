@@ -276,6 +276,9 @@ static void coroutine_fn job_finalize_single(Job *job) GS
     if (drv->clean) {
         drv->clean(job);
     }
+    if (job->layer_clean) {
+        job->layer_clean(job);
+    }
     if (job->started) {
         if (job_is_cancelled(job)) {
             job_event_progress(job, "BLOCK_JOB_CANCELLED", false);

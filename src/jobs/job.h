@@ -169,6 +169,10 @@ struct Job {
     bool kicked;                 /* a kick came while the coroutine was busy */
     RateLimit limit;
 
+    /* Constant after creation: the block-job layer's own clean step
+     * (block-job.c drops its backends), run after the driver's clean. */
+    void coroutine_fn (*layer_clean)(Job *job) GS_PTR;
+
     /* The coroutine's own (its loop's thread). */
     Coroutine *co;
     LoopTimer sleep_timer;
