@@ -7,23 +7,7 @@
 # removed at the end; every step prints the command it runs.  Takes a few
 # seconds.  DISKSTACK=path/to/diskstack uses another binary.  See
 # diskstack-inject(7).
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-ds=${DISKSTACK:-$root/build/diskstack}
-if [ ! -x "$ds" ]; then
-    echo "building diskstack in build/"
-    [ -f "$root/build/build.ninja" ] || meson setup "$root/build" "$root" >/dev/null
-    ninja -C "$root/build"
-fi
-dir=$(mktemp -d)
-pid=
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-cd "$dir"
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+. "$(dirname "$0")/lib.sh"
 # Like run, but a failure is the point: print it and go on.
 expect_fail() { printf '\n$ %s\n' "$*"; if "$@"; then echo "(unexpected success)"; else echo "(failed, as it should)"; fi; }
 qmp() { printf "\n\$ %s --socket qmp.sock qmp '%s'\n" "$ds" "$1"; "$ds" --socket qmp.sock qmp "$1"; }

@@ -1,22 +1,11 @@
 #!/usr/bin/env bash
 # examples/qcow2.sh — a qcow2 backing chain, mounted, snapshotted, packed.
 #
-# Run from the repository after ./examples/mount.sh has built diskstack
-# (or after `meson setup build && ninja -C build`), as root.  Everything
+# Run from the repository as root (FUSE); builds diskstack in build/ if it
+# is not there yet (examples/lib.sh).  Everything
 # happens in a temporary directory that is removed at the end; every step
 # prints the command it runs.  qemu-img, if installed, checks the results.
-set -euo pipefail
-ds=$(cd "$(dirname "$0")/.." && pwd)/build/diskstack
-[ -x "$ds" ] || { echo "build diskstack first (./examples/mount.sh)"; exit 1; }
-dir=$(mktemp -d)
-pid=
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-cd "$dir"
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+. "$(dirname "$0")/lib.sh"
 
 # A base image with recognisable content, and a qcow2 overlay on top of it.
 printf 'base image, sector 0\n' | dd of=base.raw conv=notrunc status=none

@@ -1,25 +1,12 @@
 #!/usr/bin/env bash
 # examples/throttle.sh — an image mounted with I/O limits, changed live.
 #
-# Run from the repository after ./examples/mount.sh has built diskstack
-# (or after `meson setup build && ninja -C build`), as root.  Everything
+# Run from the repository as root (FUSE); builds diskstack in build/ if it
+# is not there yet (examples/lib.sh).  Everything
 # happens in a temporary directory that is removed at the end; every step
 # prints the command it runs.  Takes about 10 seconds: the limits are real.
 # See diskstack-throttle(7).
-set -euo pipefail
-ds=$(cd "$(dirname "$0")/.." && pwd)/build/diskstack
-[ -x "$ds" ] || { echo "build diskstack first (./examples/mount.sh)"; exit 1; }
-dir=$(mktemp -d)
-pid=
-bg=
-cleanup() {
-    [ -n "$bg" ] && kill "$bg" 2>/dev/null && wait "$bg" 2>/dev/null
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    rm -rf "$dir"
-}
-trap cleanup EXIT
-cd "$dir"
-run() { printf '\n$ %s\n' "$*"; "$@"; }
+. "$(dirname "$0")/lib.sh"
 # The client verbs talk to this mount's QMP socket (also: --socket).
 export DISKSTACK_SOCKET=$dir/qmp.sock
 
