@@ -114,12 +114,19 @@ static void blk_child_resize(BlockChild *c)
     }
 }
 
+static bool blk_child_stay_at_node(BlockChild *c)
+{
+    BlockBackend *blk = c->parent_opaque;
+    return blk->ops && blk->ops->stay_at_node;
+}
+
 static const BlockChildClass backend_child_class = {
     .get_name = blk_child_get_name,
     .quiesce_begin = blk_child_quiesce_begin,
     .quiesce_end = blk_child_quiesce_end,
     .has_in_flight = blk_child_has_in_flight,
     .resize = blk_child_resize,
+    .stay_at_node = blk_child_stay_at_node,
 };
 
 /* ---- GS API ---- */

@@ -64,7 +64,12 @@ typedef enum BdrvRequestFlags {
     BDRV_REQ_ZERO_WRITE   = 1 << 3,  /* internal: pwritev carries zeroes */
     BDRV_REQ_WRITE_UNCHANGED = 1 << 4,
     BDRV_REQ_COMPRESS     = 1 << 5,  /* format should compress (qcow2) */
-    BDRV_REQ_MASK         = (1 << 6) - 1,
+    /* write only where this layer allocates nothing yet, atomically with
+     * the format's own allocation (skip the rest): the stream job's copy,
+     * which a guest write racing it must win.  Formats that support it
+     * list it in supported_write_flags (qcow2); io.c drops it elsewhere. */
+    BDRV_REQ_IF_UNALLOCATED = 1 << 6,
+    BDRV_REQ_MASK         = (1 << 7) - 1,
 } BdrvRequestFlags;
 
 /* Block status (block_status callback and bdrv_co_block_status). */
@@ -123,6 +128,9 @@ struct BlockChild {
     uint64_t perm, shared_perm;
     /* quiesce sections this edge has propagated into its parent */
     int parent_quiesced;
+    /* GS: jobs relying on this edge (a stream or commit job's chain);
+     * bdrv_set_backing_locked() refuses to move a frozen backing edge */
+    int frozen;
     /* links: the parent's children list, the child's parents list */
     struct BlockChild *next_child, *next_parent;
 };
@@ -140,6 +148,10 @@ struct BlockChildClass {
     bool (*has_in_flight)(BlockChild *c);
     /* The child's length changed. */
     void (*resize)(BlockChild *c);
+    /* Optional: true if this edge stays on its node when every parent of
+     * the node moves to another (a snapshot's overlay, a filter inserted
+     * above): a block job's. */
+    bool (*stay_at_node)(BlockChild *c);
 };
 
 /*

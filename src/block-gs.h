@@ -147,7 +147,8 @@ int bdrv_append_overlay_locked(BlockNode *overlay, BlockNode *top,
 int coroutine_fn bdrv_co_append_overlay(BlockNode *overlay, BlockNode *top,
                                         Error **errp) GS;
 /* Sets bs's backing edge to backing (NULL removes it); refuses a backing
- * that would make a loop. */
+ * that would make a loop, and a frozen edge (a job's chain: QEMU's "Cannot
+ * change frozen 'backing' link from 'x' to 'y'"). */
 int bdrv_set_backing_locked(BlockNode *bs, BlockNode *backing,
                             Error **errp) GRAPH_WRLOCK GS;
 int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
@@ -157,6 +158,41 @@ int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
  * top and its backing edge goes.  Cannot fail. */
 void bdrv_remove_overlay_locked(BlockNode *overlay, BlockNode *top)
     GRAPH_WRLOCK GS;
+
+/*
+ * Filters a job inserts above a node while it runs (the mirror job's
+ * mirror-top) and removes again at its end.
+ */
+/* GS, coroutine: opens a node of drv, which need not be registered (so a
+ * job's own filter is not user-creatable: no blockdev-add), with no
+ * children and no options; node_name NULL gives an automatic "#blockNNN"
+ * name, as QEMU's implicit nodes have.  The caller holds the one
+ * reference; the node is not monitor-owned. */
+BlockNode *coroutine_fn bdrv_co_open_internal(const BlockDriver *drv,
+                                              const char *node_name,
+                                              Error **errp) GS;
+/* GS or I/O (graph read lock): is target bs itself or below it through
+ * any edge?  (Also in graph-internal.h.) */
+bool bdrv_node_reaches(BlockNode *bs, BlockNode *target) GRAPH_RDLOCK;
+/* Every parent of bs (backends, nodes, jobs) moves to filter, then bs
+ * becomes filter's "file" child (FILTERED | PRIMARY).  filter must have no
+ * parents and no children; permissions of the new shape are checked
+ * before anything is visible.  On error nothing changes.  Caller: graph
+ * write lock, filter and bs quiesced. */
+int bdrv_insert_filter_locked(BlockNode *filter, BlockNode *bs, Error **errp)
+    GRAPH_WRLOCK GS;
+/* The reverse, and the pivot: every parent of filter moves to to (its own
+ * "file" child when to is that node, or another node: a mirror's target),
+ * then filter's "file" edge goes.  Checks permissions first; on error
+ * nothing changes.  Caller: graph write lock, filter, its child and to
+ * quiesced. */
+int bdrv_remove_filter_locked(BlockNode *filter, BlockNode *to, Error **errp)
+    GRAPH_WRLOCK GS;
+/* The same, quiescing filter, its child and to itself. */
+int coroutine_fn bdrv_co_remove_filter(BlockNode *filter, BlockNode *to,
+                                       Error **errp) GS;
+int coroutine_fn bdrv_co_insert_filter(BlockNode *filter, BlockNode *bs,
+                                       Error **errp) GS;
 
 /*
  * Reopening nodes with new definitions (reopen.c, QMP blockdev-reopen).
@@ -196,6 +232,9 @@ typedef struct BlockBackendOps {
     /* What the user is, for messages ("job" gives "job 'NAME'"); NULL:
      * "export". */
     const char *user_kind;
+    /* The backend stays on its node when the node's parents move to
+     * another (BlockChildClass.stay_at_node): a block job's. */
+    bool stay_at_node;
     /* The root's length changed (e.g. another user resized it). */
     void (*resize)(void *opaque);
     /* A quiesced section reached the backend (begin) / ended (end); they

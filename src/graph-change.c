@@ -1,7 +1,8 @@
 /*
  * graph-change.c — live graph changes: putting an overlay on top of a node
- * (blockdev-snapshot) and changing a node's backing edge (blockdev-reopen,
- * transaction).
+ * (blockdev-snapshot), changing a node's backing edge (blockdev-reopen,
+ * transaction), and inserting / removing a job's filter above a node (the
+ * mirror job's mirror-top, and its pivot to the target).
  *
  * The shape of every change ("bind the new table before destroying the
  * old"):
@@ -230,6 +231,11 @@ int bdrv_set_backing_locked(BlockNode *bs, BlockNode *backing, Error **errp)
     if (old == backing) {
         return 0;
     }
+    if (old && bs->backing->frozen) {
+        error_setg(errp, "Cannot change frozen 'backing' link from '%s' to "
+                   "'%s'", bs->node_name, old->node_name);
+        return -EPERM;
+    }
     assert_locked_and_quiesced(__func__, old, backing);
     if (bs->parents && !node_quiesced(bs)) {
         assert_locked_and_quiesced(__func__, bs, NULL);
@@ -277,4 +283,131 @@ int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
         end_sections(nodes, ARRAY_SIZE(nodes));
         return ret;
     }
+}
+
+/* ---- a job's filter above a node (mirror-top) ---- */
+
+static int check_filter(BlockNode *filter, BlockNode *bs, Error **errp)
+    GRAPH_RDLOCK GS
+{
+    if (filter->parents || filter->children) {
+        error_setg(errp, "The filter node '%s' is already in use",
+                   filter->node_name);
+        return -EBUSY;
+    }
+    if (filter == bs) {
+        error_setg(errp, "Cannot insert '%s' above itself", bs->node_name);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int bdrv_insert_filter_locked(BlockNode *filter, BlockNode *bs, Error **errp)
+{
+    GS_CODE();
+    assert_locked_and_quiesced(__func__, filter, bs);
+    int ret = check_filter(filter, bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    /* What a filter shows of its child, before any parent can see it: a
+     * parent's getattr-style reads of the length do not wait for the
+     * graph lock. */
+    snprintf(filter->filename, sizeof(filter->filename), "%s", bs->filename);
+    atomic_store(&filter->length, bdrv_getlength(bs));
+    /* a filter sees write-unchanged (io.c masks it again below) */
+    filter->supported_write_flags = bs->supported_write_flags |
+                                    BDRV_REQ_WRITE_UNCHANGED;
+    filter->supported_zero_flags = bs->supported_zero_flags;
+    /* bs's parents first, so that the file edge is bs's only parent */
+    bdrv_move_parents_noperm(bs, filter);
+    BlockChild *file = bdrv_link_child_noperm(filter, bs, "file",
+                                              BDRV_CHILD_FILTERED |
+                                              BDRV_CHILD_PRIMARY);
+    BlockNode *touched[] = { filter, bs };
+    ret = perm_refresh_nodes(touched, ARRAY_SIZE(touched), errp);
+    if (ret < 0) {
+        bdrv_unlink_child_noperm(file);
+        bdrv_move_parents_noperm(filter, bs);
+        return ret;
+    }
+    bdrv_refresh_limits_node(filter);
+    return 0;
+}
+
+int bdrv_remove_filter_locked(BlockNode *filter, BlockNode *to, Error **errp)
+{
+    GS_CODE();
+    if (!filter->file) {
+        abort();                /* not an inserted filter */
+    }
+    BlockNode *child = filter->file->node;
+    assert_locked_and_quiesced(__func__, filter, child);
+    assert_locked_and_quiesced(__func__, to, NULL);
+    if (to != child && bdrv_node_reaches(to, filter)) {
+        error_setg(errp, "Making '%s' replace '%s' would create a cycle",
+                   to->node_name, filter->node_name);
+        return -EINVAL;
+    }
+    /* The edges that move, remembered: when to is filter's own child,
+     * moving back "every parent of to" would take the file edge too. */
+    int n = 0;
+    for (BlockChild *c = filter->parents; c; c = c->next_parent) {
+        n++;
+    }
+    BlockChild **moved = calloc(n ? n : 1, sizeof(*moved));
+    if (!moved) {
+        error_setg(errp, "Out of memory");
+        return -ENOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        moved[i] = filter->parents;
+        bdrv_move_parent_noperm(moved[i], to);
+    }
+    /* filter has no parents now: its file edge asks for nothing and
+     * shares everything — refreshed first, so that to is checked against
+     * the new shape */
+    BlockNode *touched[] = { filter, to };
+    int ret = perm_refresh_nodes(touched, ARRAY_SIZE(touched), errp);
+    if (ret < 0) {
+        for (int i = 0; i < n; i++) {
+            bdrv_move_parent_noperm(moved[i], filter);
+        }
+    }
+    free(moved);
+    if (ret < 0) {
+        return ret;
+    }
+    bdrv_unlink_child_noperm(filter->file);
+    perm_refresh_nodes(&child, 1, NULL);
+    return 0;
+}
+
+int coroutine_fn bdrv_co_insert_filter(BlockNode *filter, BlockNode *bs,
+                                       Error **errp)
+{
+    GS_CODE();
+    BlockNode *nodes[] = { bs, filter };
+    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_graph_wrlock();
+    int ret = bdrv_insert_filter_locked(filter, bs, errp);
+    bdrv_graph_wrunlock();
+    end_sections(nodes, ARRAY_SIZE(nodes));
+    return ret;
+}
+
+int coroutine_fn bdrv_co_remove_filter(BlockNode *filter, BlockNode *to,
+                                       Error **errp)
+{
+    GS_CODE();
+    bdrv_graph_rdlock_main_loop();
+    BlockNode *child = filter->file ? filter->file->node : NULL;
+    bdrv_graph_rdunlock_main_loop();
+    BlockNode *nodes[] = { child, filter, to == child ? NULL : to };
+    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_graph_wrlock();
+    int ret = bdrv_remove_filter_locked(filter, to, errp);
+    bdrv_graph_wrunlock();
+    end_sections(nodes, ARRAY_SIZE(nodes));
+    return ret;
 }

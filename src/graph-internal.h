@@ -85,6 +85,8 @@ void bdrv_unlink_child_noperm(BlockChild *c) GRAPH_WRLOCK GS;
 /* Moves every parent edge of from (nodes, backends, jobs) to to; each edge
  * keeps its perms, follows to's quiesced sections and moves its reference. */
 void bdrv_move_parents_noperm(BlockNode *from, BlockNode *to) GRAPH_WRLOCK GS;
+/* Moves the one parent edge c (its node, backend or job) to to. */
+void bdrv_move_parent_noperm(BlockChild *c, BlockNode *to) GRAPH_WRLOCK GS;
 
 /* perm.c: after the parents of bs changed their perms, recomputes and
  * applies the perms of every edge below bs, calling drivers' set_perm.

@@ -464,24 +464,44 @@ void bdrv_unlink_child_noperm(BlockChild *c)
     child->refcnt--;
 }
 
-void bdrv_move_parents_noperm(BlockNode *from, BlockNode *to)
+void bdrv_move_parent_noperm(BlockChild *c, BlockNode *to)
 {
     GS_CODE();
+    BlockNode *from = c->node;
     if (!graph_wrlock_held() || !node_quiesced(from) || !node_quiesced(to)) {
         fprintf(stderr, "diskstack: moving parents needs the graph write lock "
                 "and both nodes quiesced\n");
         abort();
     }
-    BlockChild *c;
-    while ((c = from->parents)) {
-        unlink_parent(from, c);
-        link_parent(to, c);
-        /* both are quiesced, so the parent never leaves its section */
-        sync_parent_quiesce(c, atomic_load(&to->quiesce_counter));
-        to->refcnt++;
-        if (--from->refcnt < 1) {
-            abort();        /* the caller keeps from alive */
+    unlink_parent(from, c);
+    link_parent(to, c);
+    /* both are quiesced, so the parent never leaves its section */
+    sync_parent_quiesce(c, atomic_load(&to->quiesce_counter));
+    to->refcnt++;
+    if (--from->refcnt < 1) {
+        abort();        /* the caller keeps from alive */
+    }
+}
+
+/* A parent that is not moved when its node is replaced: a block job's
+ * backend keeps working on the node it was started on (QEMU's
+ * stay_at_node), e.g. a stream into a node that a snapshot just put under
+ * an overlay. */
+static bool stays_at_node(BlockChild *c) GS
+{
+    return c->klass && c->klass->stay_at_node && c->klass->stay_at_node(c);
+}
+
+void bdrv_move_parents_noperm(BlockNode *from, BlockNode *to)
+{
+    GS_CODE();
+    BlockChild *c = from->parents;
+    while (c) {
+        BlockChild *next = c->next_parent;
+        if (!stays_at_node(c)) {
+            bdrv_move_parent_noperm(c, to);
         }
+        c = next;
     }
 }
 
@@ -686,6 +706,8 @@ static int coroutine_fn driver_open(BlockNode *bs, Error **errp) GS
  */
 #define MAX_OPEN_DEPTH 200
 
+static int coroutine_fn open_finish(BlockNode *bs, Error **errp) GS;
+
 static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
                                          int depth, BlockNode *parent,
                                          Error **errp) GS
@@ -722,12 +744,19 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
     ns->open_depth = depth;
     ns->opening_parent = parent;
     named_add(bs);
+    return open_finish(bs, errp) < 0 ? NULL : bs;
+}
+
+/* GS: the driver's open, limits and perms of a new named node; on error
+ * the node is gone. */
+static int coroutine_fn open_finish(BlockNode *bs, Error **errp) GS
+{
     int ret = driver_open(bs, errp);
-    ns->opening_parent = NULL;
+    node_state(bs)->opening_parent = NULL;
     if (ret < 0) {
         detach_all_children(bs);
         node_free(bs);
-        return NULL;
+        return ret;
     }
     bdrv_graph_rdlock_main_loop();
     bdrv_refresh_limits_node(bs);
@@ -738,9 +767,29 @@ static BlockNode *coroutine_fn open_node(json_t *def, bool monitor_owned,
         }
         detach_all_children(bs);
         node_free(bs);
+        return -EPERM;
+    }
+    return 0;
+}
+
+BlockNode *coroutine_fn bdrv_co_open_internal(const BlockDriver *drv,
+                                              const char *node_name,
+                                              Error **errp)
+{
+    GS_CODE();
+    json_t *opts = json_object();
+    char name[128];
+
+    if (node_name) {
+        json_object_set_new(opts, "node-name", json_string(node_name));
+    }
+    if (choose_node_name(opts, name, sizeof(name), errp) < 0) {
+        json_decref(opts);
         return NULL;
     }
-    return bs;
+    NodeState *ns = node_new(drv, opts, name);
+    named_add(&ns->bs);
+    return open_finish(&ns->bs, errp) < 0 ? NULL : &ns->bs;
 }
 
 BlockNode *coroutine_fn bdrv_co_open_blockdev(json_t *def, Error **errp)

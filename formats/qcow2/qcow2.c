@@ -371,10 +371,15 @@ static int coroutine_fn GRAPH_RDLOCK plan_alloc(Qcow2State *s, AllocWrite *w,
     return 0;
 }
 
-/* One step of a write: [offset, offset+*done) handled.  Takes s->lock. */
+/* One step of a write: [offset, offset+*done) handled.  Takes s->lock.
+ * BDRV_REQ_IF_UNALLOCATED: clusters with any L2 entry are skipped, decided
+ * under s->lock after wait_for_allocs(), so a guest write allocating the
+ * same clusters either finished first (we skip) or waits for our link and
+ * then overwrites in place (it wins). */
 static int coroutine_fn GRAPH_RDLOCK write_step(BlockNode *bs, uint64_t offset,
                                                 uint64_t bytes, IOVector *qiov,
-                                                size_t qoff, uint64_t *done)
+                                                size_t qoff, BdrvRequestFlags flags,
+                                                uint64_t *done)
 {
     Qcow2State *s = bs->opaque;
     uint64_t first = offset >> s->cluster_bits;
@@ -389,6 +394,14 @@ static int coroutine_fn GRAPH_RDLOCK write_step(BlockNode *bs, uint64_t offset,
         wait_for_allocs(s, first, DIV_ROUND_UP(qcow2_offset_in_cluster(s, offset) + bytes,
                                                s->cluster_size));
         ret = qcow2_get_mapping(s, offset, bytes, &l2e, &n);
+    }
+    if (ret == 0 && (flags & BDRV_REQ_IF_UNALLOCATED)) {
+        if (qcow2_l2_entry_type(s, l2e) != QCOW2_CLUSTER_UNALLOCATED) {
+            co_mutex_unlock(&s->lock);
+            *done = n;
+            return 0;
+        }
+        bytes = MIN(bytes, n);      /* allocate the unallocated run only */
     }
     if (ret == 0 && owned_data(s, l2e)) {
         /* Fast path: overwrite in place, without the lock. */
@@ -450,7 +463,7 @@ static int coroutine_fn qcow2_co_pwritev(BlockNode *bs, int64_t offset, int64_t 
     }
     while (bytes > 0) {
         uint64_t done = 0;
-        int ret = write_step(bs, offset, bytes, qiov, qoff, &done);
+        int ret = write_step(bs, offset, bytes, qiov, qoff, flags, &done);
         if (ret < 0) {
             return ret;
         }
@@ -1074,7 +1087,8 @@ static int coroutine_fn qcow2_open(BlockNode *bs, json_t *options, Error **errp)
     ret = load_metadata(bs, options, errp);
     if (ret == 0) {
         atomic_store(&bs->length, (int64_t)s->size);
-        bs->supported_write_flags = BDRV_REQ_FUA | BDRV_REQ_COMPRESS;
+        bs->supported_write_flags = BDRV_REQ_FUA | BDRV_REQ_COMPRESS |
+                                   BDRV_REQ_IF_UNALLOCATED;
         bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
     }
     bdrv_graph_rdunlock_main_loop();

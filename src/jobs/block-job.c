@@ -40,6 +40,7 @@ static void job_node_quiesce_end(void *opaque) GS
 
 static const BlockBackendOps job_node_ops = {
     .user_kind = "job",
+    .stay_at_node = true,
     .quiesce_begin = job_node_quiesce_begin,
     .quiesce_end = job_node_quiesce_end,
 };
@@ -142,4 +143,16 @@ bool block_job_holds_node(BlockJob *bjob, BlockNode *bs)
         }
     }
     return false;
+}
+
+BlockJob *block_job_holding(BlockNode *bs)
+{
+    GS_CODE();
+    for (Job *job = job_next(NULL); job; job = job_next(job)) {
+        if (job->layer_clean == block_job_clean &&
+            block_job_holds_node((BlockJob *)job, bs)) {
+            return (BlockJob *)job;
+        }
+    }
+    return NULL;
 }

@@ -58,5 +58,7 @@ void coroutine_fn block_job_remove_all_nodes(BlockJob *bjob) GS;
 void coroutine_fn block_job_early_fail(BlockJob *bjob) GS;
 /* True if the job holds bs through one of its backends. */
 bool block_job_holds_node(BlockJob *bjob, BlockNode *bs) GS;
+/* The block job holding bs, or NULL. */
+BlockJob *block_job_holding(BlockNode *bs) GS;
 
 #endif

@@ -19,6 +19,7 @@
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
 #include "jobs/job.h"
+#include "jobs/mirror.h"
 #include "qmp/commands.h"
 
 /* GS: the job named by args[key]; errors as job-* (generic) or as
@@ -128,6 +129,10 @@ static json_t *block_job_info_json(Job *job) GS
                   "auto-finalize", i.auto_finalize, "auto-dismiss", i.auto_dismiss);
     if (i.error) {
         json_object_set_new(o, "error", json_string(i.error));
+    }
+    if (job_is_mirror(job)) {    /* QEMU's BlockJobInfoMirror */
+        json_object_set_new(o, "actively-synced",
+                            json_boolean(mirror_actively_synced(job)));
     }
     return o;
 }

@@ -76,6 +76,8 @@ static const QmpCommandDef *const groups[] = {
     qmp_core_commands, qmp_node_commands, qmp_export_commands,
     qmp_object_commands, qmp_snapshot_commands, qmp_reopen_commands,
     qmp_qom_commands, qmp_inject_commands, qmp_job_commands,
+    qmp_stream_commands,
+    qmp_mirror_commands,
 };
 
 #define FOREACH_COMMAND(d) \

@@ -18,6 +18,8 @@
  *   cmd-reopen.c    blockdev-reopen
  *   cmd-inject.c    x-diskstack-inject-set/-clear/-query (inject filter)
  *   cmd-job.c       job-*, block-job-*, query-jobs, query-block-jobs
+ *   cmd-stream.c    block-stream, block-commit
+ *   cmd-mirror.c    blockdev-mirror
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -63,5 +65,7 @@ extern const QmpCommandDef qmp_reopen_commands[];
 extern const QmpCommandDef qmp_qom_commands[];
 extern const QmpCommandDef qmp_inject_commands[];
 extern const QmpCommandDef qmp_job_commands[];
+extern const QmpCommandDef qmp_stream_commands[];
+extern const QmpCommandDef qmp_mirror_commands[];
 
 #endif

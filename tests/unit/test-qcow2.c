@@ -420,6 +420,34 @@ Test(qcow2, cow_over_backing_reads_only_uncovered_parts)
     free(ref);
 }
 
+/* BDRV_REQ_IF_UNALLOCATED (the stream job's copy): writes only the
+ * clusters the image does not allocate yet — data, zero or otherwise —
+ * and leaves the rest as they are. */
+Test(qcow2, write_if_unallocated_skips_allocated_clusters)
+{
+    int64_t size = 1 * MiB, c = 65536;
+    SH_OK("qemu-img create -q -f qcow2 ub.qcow2 1M");
+    SH_OK("qemu-io -f qcow2 -c 'write -P 0x5c 0 1M' ub.qcow2 > /dev/null");
+    SH_OK("qemu-img create -q -f qcow2 -b ub.qcow2 -F qcow2 uo.qcow2 1M");
+    uint8_t *ref = malloc(size), *buf = malloc(size);
+    TestOpen o = open_ok("uo.qcow2", true);
+    memset(buf, 0xaa, c);
+    cr_assert_eq(WRITE(o.blk, c, buf, c), 0);                 /* data */
+    cr_assert_eq(ZERO(o.blk, 3 * c, c, 0), 0);                /* zeroes */
+    memset(buf, 0xbb, size);
+    cr_assert_eq(do_req((TestReq){ REQ_WRITE, o.blk, 0, 5 * c, buf,
+                                   .flags = BDRV_REQ_WRITE_UNCHANGED |
+                                            BDRV_REQ_IF_UNALLOCATED }).ret, 0);
+    close_img(&o);
+    memset(ref, 0x5c, size);
+    memset(ref, 0xbb, 5 * c);
+    memset(ref + c, 0xaa, c);
+    memset(ref + 3 * c, 0, c);
+    assert_consistent_and_equal("uo.qcow2", ref, size);
+    free(ref);
+    free(buf);
+}
+
 Test(qcow2, zero_writes_and_discards)
 {
     int64_t size = 4 * MiB;

@@ -1,0 +1,74 @@
+/*
+ * mirror.h — the mirror job (mirror.c) and its filter node (mirror-top.c).
+ *
+ *   blockdev-mirror / drive-mirror (qmp/cmd-mirror.c) -> mirror_start()
+ *
+ * While the job runs, a mirror-top node sits above the source: every parent
+ * the source had (exports, nodes, other jobs) now reaches it through the
+ * filter, which passes I/O through and marks the dirty bitmap after every
+ * completed write, write-zeroes and discard.  The job copies dirty regions
+ * source -> target; once the bitmap is clean it is ready; job-complete
+ * copies what is left inside a quiesced section of the source and moves
+ * every parent of mirror-top to the target (the pivot); a cancel moves them
+ * back to the source.  Either way mirror-top leaves the graph.
+ */
+#ifndef DISKSTACK_JOBS_MIRROR_H
+#define DISKSTACK_JOBS_MIRROR_H
+
+#include "block-common.h"
+#include "jobs/job.h"
+#include "loop/loop.h"
+#include "util/dirty-bitmap.h"
+
+typedef enum MirrorSyncMode {
+    MIRROR_SYNC_TOP,
+    MIRROR_SYNC_FULL,
+    MIRROR_SYNC_NONE,
+} MirrorSyncMode;
+
+typedef struct MirrorParams {
+    const char *job_id;          /* required here (QMP defaults it) */
+    BlockNode *source, *target;
+    MirrorSyncMode sync;
+    int64_t speed;               /* bytes/s, 0: unlimited */
+    uint32_t granularity;        /* 0: default */
+    int64_t buf_size;            /* 0: default */
+    BlockdevOnError on_source_error, on_target_error;
+    const char *filter_node_name;   /* NULL: an automatic hidden name */
+    bool auto_finalize, auto_dismiss;
+    bool target_is_zero;         /* x-diskstack-target-is-zero */
+    bool write_blocking;         /* copy-mode write-blocking */
+} MirrorParams;
+
+/* GS, coroutine on the main loop: creates and starts the job (mirror-top
+ * inserted).  0, or -errno with *errp set and nothing changed. */
+int coroutine_fn mirror_start(const MirrorParams *p, Error **errp) GS;
+
+/* GS: block-job-change {copy-mode}: background -> write-blocking (the
+ * other way is refused, as QEMU does).  -errno with *errp set. */
+int mirror_change_copy_mode(Job *job, bool write_blocking, Error **errp) GS;
+/* GS: is job a mirror? */
+bool job_is_mirror(Job *job) GS;
+/* GS: write-blocking and in sync: every guest write reaches the target
+ * before it completes (query-block-jobs "actively-synced"). */
+bool mirror_actively_synced(Job *job) GS;
+
+/* I/O, called by mirror-top in write-blocking mode after a guest write to
+ * the source succeeded: writes the same data to the target.  Returns
+ * false when it could not (a copy of an overlapping range in flight, or
+ * the write failed): the caller marks the range dirty instead.  Any
+ * thread. */
+bool coroutine_fn mirror_co_active_write(void *job, int64_t offset, int64_t bytes,
+                                         IOVector *qiov, size_t qiov_offset);
+
+/* ---- mirror-top.c: the filter ---- */
+extern const BlockDriver bdrv_mirror_top;
+/* GS: the bitmap the filter marks (NULL: none); set before the filter is
+ * inserted and cleared after it left the graph. */
+void mirror_top_set_bitmap(BlockNode *filter, DirtyBitmap *bitmap) GS;
+/* GS (or any thread: atomic): the job whose mirror_co_active_write() data
+ * writes go through (write-blocking mode), NULL: background mode.
+ * Cleared while the filter is quiesced before the job's backends go. */
+void mirror_top_set_active(BlockNode *filter, void *job);
+
+#endif
