@@ -261,18 +261,23 @@ static int parse_client_args(const Verb *v, int argc, char **argv, ClientArgs *a
     return v->check && !v->check(a) ? EXIT_USAGE : -1;
 }
 
-/* The socket the options ask for; NULL: find the one that is running. */
-static const char *chosen_socket(const ClientArgs *a)
+const char *client_socket_choice(const char *opt)
 {
     const char *env = getenv("DISKSTACK_SOCKET");
 
-    if (a->socket) {
-        return a->socket;
+    if (opt) {
+        return opt;
     }
     if (global_socket) {
         return global_socket;
     }
     return env && *env ? env : NULL;
+}
+
+/* The socket the options ask for; NULL: find the one that is running. */
+static const char *chosen_socket(const ClientArgs *a)
+{
+    return client_socket_choice(a->socket);
 }
 
 /* Parses, connects, runs the verb; the process exit code. */

@@ -33,6 +33,9 @@ char *cli_default_qmp_path(const char *kind, Error **errp);
 /* The global `diskstack --socket S VERB` option: the socket the verbs use
  * when they have no --socket of their own. */
 void client_set_socket(const char *path);
+/* The socket a verb uses: opt (its own --socket), else the global one, else
+ * $DISKSTACK_SOCKET; NULL: discover the running daemon. */
+const char *client_socket_choice(const char *opt);
 
 /* The verbs: argv[0] is the verb.  Exit codes as in cli.h. */
 int cmd_graph(int argc, char **argv);
@@ -45,6 +48,14 @@ int cmd_qmp(int argc, char **argv);
 /* `throttle set|show NODE|GROUP`: a throttle group's limits (qom-set /
  * qom-get of its "limits"). */
 int cmd_throttle(int argc, char **argv);
+/* client-jobs.c: `jobs`, `job ACTION ID`, and the job-starting verbs
+ * `mirror`, `stream`, `commit`, which follow their job in the foreground
+ * (progress bar on a terminal) unless --detach. */
+int cmd_jobs(int argc, char **argv);
+int cmd_job(int argc, char **argv);
+int cmd_mirror(int argc, char **argv);
+int cmd_stream(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
 
 /*
  * QEMU's ThrottleLimits keys as an option table, for the command lines that

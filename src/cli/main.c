@@ -35,6 +35,12 @@ static const Command commands[] = {
     { "backing", cmd_backing, "backing set NODE BACKING|none: change a backing node" },
     { "export", cmd_export, "export add|del|resume: add, remove or resume a FUSE export" },
     { "throttle", cmd_throttle, "throttle set|show: a throttle group's limits" },
+    /* block jobs (client-jobs.c) */
+    { "jobs", cmd_jobs, "list a running daemon's block jobs with their progress" },
+    { "job", cmd_job, "job pause|resume|cancel|complete|dismiss|finalize|wait ID" },
+    { "mirror", cmd_mirror, "copy a live node to a new image and pivot to it" },
+    { "stream", cmd_stream, "pull backing data up into a node (block-stream)" },
+    { "commit", cmd_commit, "push a node's data down into its base (block-commit)" },
     { "qmp", cmd_qmp, "send one raw QMP command and print the reply" },
 };
 
