@@ -32,6 +32,14 @@
  *   abort (GS)   failure or forced cancel: mirror-top out, parents back to
  *                the source.
  *
+ * Active commit (mirror_start_commit, QMP block-commit of the active
+ * layer): the same job with type "commit", source = top, target = base
+ * (in top's chain): base reopened read-write and grown to top's length
+ * first, the nodes between held and top's backing edges down to base
+ * frozen; the initial bitmap is what is allocated above base; the pivot
+ * moves top's parents to base (which stays read-write); without a pivot
+ * (cancel, failure) clean reopens base read-only.
+ *
  * Errors: a failed read (source) or write (target) puts the chunk back in
  * the bitmap; once the batch has drained, job_error_action() applies
  * on-source-error / on-target-error: report fails the job, ignore retries,
@@ -52,6 +60,7 @@
 #include "block-io.h"
 #include "jobs/block-job.h"
 #include "jobs/mirror.h"
+#include "jobs/stream.h"
 
 #define MIRROR_DEFAULT_BUF_SIZE   (16 * 1024 * 1024)
 #define MIRROR_DEFAULT_GRANULARITY (64 * 1024)
@@ -100,6 +109,12 @@ typedef struct MirrorJob {
     /* GS. */
     bool filter_removed;
     bool write_blocking;
+
+    /* GS.  Active commit (mirror_start_commit): base is the target, NULL
+     * for a mirror. */
+    BlockNode *base;
+    bool base_was_ro;             /* reopen base read-only unless pivoted */
+    ChainFreeze frozen;           /* top's backing edges down to base */
 } MirrorJob;
 
 /* ------------------------------------------------------------ ranges */
@@ -351,9 +366,33 @@ static int64_t coroutine_fn start_batch(MirrorJob *s)
 
 /* ------------------------------------------------------------ run */
 
+/* Job loop: should the run of *n bytes at off be copied?  1/0, -errno.
+ * Active commit: what a node above base allocates; a mirror: see below. */
+static int coroutine_fn init_status(MirrorJob *s, bool want_chain, int64_t off,
+                                    int64_t *n)
+{
+    int ret;
+
+    bdrv_graph_co_rdlock();
+    if (s->base) {
+        ret = chain_is_allocated_above(s->source, s->base, off,
+                                       s->length - off, n);
+    } else {
+        ret = bdrv_co_block_status(s->source, want_chain, off, s->length - off,
+                                   n, NULL, NULL);
+    }
+    bdrv_graph_co_rdunlock();
+    if (ret < 0 || s->base) {
+        return ret;
+    }
+    return want_chain ? (ret & BDRV_BLOCK_DATA) && !(ret & BDRV_BLOCK_ZERO)
+                      : (ret & BDRV_BLOCK_ALLOCATED) != 0;
+}
+
 /* Job loop: the initial bitmap of sync=top: what the top layer allocates
  * (the target has the same backing); of sync=full with target-is-zero:
- * everything that does not read as zeroes. */
+ * everything that does not read as zeroes; of an active commit: what is
+ * allocated above base. */
 static int coroutine_fn dirty_init_by_status(MirrorJob *s, bool want_chain)
 {
     int64_t off = 0;
@@ -365,19 +404,14 @@ static int coroutine_fn dirty_init_by_status(MirrorJob *s, bool want_chain)
         if (job_pause_point(&s->common.job)) {
             return 0;
         }
-        bdrv_graph_co_rdlock();
-        ret = bdrv_co_block_status(s->source, want_chain, off, s->length - off,
-                                   &n, NULL, NULL);
-        bdrv_graph_co_rdunlock();
+        ret = init_status(s, want_chain, off, &n);
         if (ret < 0) {
             return ret;
         }
         if (n <= 0) {
             n = s->length - off;
         }
-        bool copy = want_chain ? (ret & BDRV_BLOCK_DATA) && !(ret & BDRV_BLOCK_ZERO)
-                               : (ret & BDRV_BLOCK_ALLOCATED);
-        if (copy) {
+        if (ret > 0) {
             dirty_bitmap_set(s->bitmap, off, n);
         }
         off += n;
@@ -387,6 +421,9 @@ static int coroutine_fn dirty_init_by_status(MirrorJob *s, bool want_chain)
 
 static int coroutine_fn mirror_dirty_init(MirrorJob *s)
 {
+    if (s->base) {
+        return dirty_init_by_status(s, false);
+    }
     switch (s->sync) {
     case MIRROR_SYNC_FULL:
         if (!s->target_is_zero) {
@@ -546,7 +583,13 @@ static int coroutine_fn mirror_prepare(Job *job) GS
     MirrorJob *s = (MirrorJob *)job;
 
     GS_CODE();
-    return finish_in_section(s, !job_cancel_requested(job));
+    bool pivot = !job_cancel_requested(job);
+    chain_thaw(&s->frozen);      /* the pivot takes top out of base's way */
+    int ret = finish_in_section(s, pivot);
+    if (ret == 0 && pivot) {
+        s->base_was_ro = false;  /* base is the active layer now: stays rw */
+    }
+    return ret;
 }
 
 /* abort — lock: GS, coroutine on the main loop; in flight: none of the
@@ -589,6 +632,10 @@ static void coroutine_fn mirror_clean(Job *job) GS
         bdrv_co_unref(s->filter);
         s->filter = NULL;
     }
+    if (s->base) {
+        chain_thaw(&s->frozen);
+        chain_restore_ro(&s->common, s->base, &s->base_was_ro);
+    }
     bdrv_co_unref(s->target);
     bdrv_co_unref(s->source);
     s->target = s->source = NULL;
@@ -625,16 +672,20 @@ static void coroutine_fn mirror_complete(Job *job, Error **errp) GS
     job_enter(job);
 }
 
+/* Both job types below are this job. */
+#define MIRROR_JOB_CALLBACKS                                            \
+    .instance_size = sizeof(MirrorJob), .run = mirror_run,              \
+    .cancel = mirror_cancel, .complete = mirror_complete,               \
+    .prepare = mirror_prepare, .abort = mirror_abort,                   \
+    .clean = mirror_clean, .free = mirror_free
+
 static const JobDriver mirror_job_driver = {
-    .type = "mirror",
-    .instance_size = sizeof(MirrorJob),
-    .run = mirror_run,
-    .cancel = mirror_cancel,
-    .complete = mirror_complete,
-    .prepare = mirror_prepare,
-    .abort = mirror_abort,
-    .clean = mirror_clean,
-    .free = mirror_free,
+    .type = "mirror", MIRROR_JOB_CALLBACKS,
+};
+
+/* Active commit: QEMU's type "commit". */
+static const JobDriver commit_active_job_driver = {
+    .type = "commit", MIRROR_JOB_CALLBACKS,
 };
 
 bool job_is_mirror(Job *job)
@@ -675,7 +726,7 @@ bool mirror_actively_synced(Job *job)
 /* ------------------------------------------------------------ start */
 
 /* GS: QEMU's argument checks. */
-static int check_params(const MirrorParams *p, Error **errp) GS
+static int check_params(const MirrorParams *p, bool commit, Error **errp) GS
 {
     uint32_t g = p->granularity;
 
@@ -709,6 +760,9 @@ static int check_params(const MirrorParams *p, Error **errp) GS
                    "job: mirror", p->source->node_name);
         return -EBUSY;
     }
+    if (commit) {
+        return 0;   /* target below source (the caller checked); any length */
+    }
     if (below || above) {
         error_setg(errp, "Cannot mirror '%s' to '%s': one is in the other's "
                    "chain", p->source->node_name, p->target->node_name);
@@ -729,7 +783,8 @@ static IOThread *job_iothread(void) GS
 
 /* GS, coroutine: the job and its backends, mirror-top above the source. */
 static MirrorJob *coroutine_fn create_job(const MirrorParams *p, BlockNode *filter,
-                                          DirtyBitmap *bitmap, Error **errp) GS
+                                          const JobDriver *drv, uint64_t tgt_perm,
+                                          Error **errp) GS
 {
     MirrorJob *s;
 
@@ -737,7 +792,7 @@ static MirrorJob *coroutine_fn create_job(const MirrorParams *p, BlockNode *filt
         return NULL;
     }
     /* neither node may change its length under the bitmap (QEMU's perms) */
-    s = block_job_create(p->job_id, &mirror_job_driver, p->source,
+    s = block_job_create(p->job_id, drv, p->source,
                          BLK_PERM_CONSISTENT_READ,
                          BLK_PERM_ALL & ~(uint64_t)BLK_PERM_RESIZE, p->speed,
                          p->auto_finalize, p->auto_dismiss, job_iothread(), errp);
@@ -746,7 +801,7 @@ static MirrorJob *coroutine_fn create_job(const MirrorParams *p, BlockNode *filt
         return NULL;
     }
     s->tgt_blk = block_job_add_node(&s->common, p->job_id, p->target,
-                                    BLK_PERM_WRITE, BLK_PERM_CONSISTENT_READ |
+                                    tgt_perm, BLK_PERM_CONSISTENT_READ |
                                     BLK_PERM_WRITE_UNCHANGED, errp);
     if (!s->tgt_blk) {
         block_job_early_fail(&s->common);
@@ -756,13 +811,56 @@ static MirrorJob *coroutine_fn create_job(const MirrorParams *p, BlockNode *filt
     return s;
 }
 
-int coroutine_fn mirror_start(const MirrorParams *p, Error **errp)
+/* The chain between an active commit's top and base: read by the job,
+ * nobody writes it (QEMU's commit perms). */
+#define COMMIT_CHAIN_SHARED (BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED)
+
+/* GS, coroutine: active commit, after create_job: the job holds the nodes
+ * between top and base, freezes top's backing edges down to base and grows
+ * base to top's length.  On error, undoes the freeze; the caller drops the
+ * job (and the backends). */
+static int coroutine_fn commit_setup(MirrorJob *s, const MirrorParams *p,
+                                     BlockNode *base, int64_t len,
+                                     Error **errp) GS
 {
-    GS_CODE();
+    BlockJob *bjob = &s->common;
+    BlockBackend *tgt_blk = s->tgt_blk;
+
+    for (BlockNode *bs = chain_next(p->source); bs && bs != base;
+         bs = chain_next(bs)) {
+        if (!block_job_add_node(bjob, p->job_id, bs, 0, COMMIT_CHAIN_SHARED,
+                                errp)) {
+            return -EBUSY;
+        }
+    }
+    if (chain_freeze(&s->frozen, p->source, base) < 0) {
+        chain_thaw(&s->frozen);
+        error_setg(errp, "Out of memory");
+        return -ENOMEM;
+    }
+    if (blk_getlength(tgt_blk) < len &&
+        blk_co_truncate(tgt_blk, len, false, errp) < 0) {
+        chain_thaw(&s->frozen);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* GS, coroutine: mirror_start and mirror_start_commit (base: the target,
+ * already writable, base_was_ro: reopen it read-only at the end unless
+ * pivoted; NULL for a mirror). */
+static int coroutine_fn mirror_start_common(const MirrorParams *p,
+                                            const JobDriver *drv,
+                                            BlockNode *base, bool base_was_ro,
+                                            Error **errp) GS
+{
     uint32_t g = p->granularity ? p->granularity : MIRROR_DEFAULT_GRANULARITY;
     int64_t len = bdrv_getlength(p->source);
+    /* an active commit grows a shorter base (QEMU does) */
+    uint64_t tgt_perm = BLK_PERM_WRITE |
+        (base && bdrv_getlength(base) < len ? BLK_PERM_RESIZE : 0);
 
-    if (check_params(p, errp) < 0) {
+    if (check_params(p, base != NULL, errp) < 0) {
         return -EINVAL;
     }
     if (p->filter_node_name && bdrv_find_node(p->filter_node_name)) {
@@ -781,7 +879,12 @@ int coroutine_fn mirror_start(const MirrorParams *p, Error **errp)
         return -EINVAL;
     }
     mirror_top_set_bitmap(filter, bitmap);
-    MirrorJob *s = create_job(p, filter, bitmap, errp);
+    MirrorJob *s = create_job(p, filter, drv, tgt_perm, errp);
+    if (s && base && commit_setup(s, p, base, len, errp) < 0) {
+        block_job_early_fail(&s->common);
+        bdrv_co_remove_filter(filter, p->source, NULL);
+        s = NULL;
+    }
     if (!s) {
         mirror_top_set_bitmap(filter, NULL);
         bdrv_co_unref(filter);
@@ -793,6 +896,8 @@ int coroutine_fn mirror_start(const MirrorParams *p, Error **errp)
     s->source = p->source;
     s->target = p->target;
     s->filter = filter;
+    s->base = base;
+    s->base_was_ro = base_was_ro;
     s->src_blk = block_job_blk(&s->common);
     s->bitmap = bitmap;
     s->sync = p->sync;
@@ -813,4 +918,30 @@ int coroutine_fn mirror_start(const MirrorParams *p, Error **errp)
     job_progress_set_remaining(&s->common.job, 0);
     job_start(&s->common.job);
     return 0;
+}
+
+int coroutine_fn mirror_start(const MirrorParams *p, Error **errp)
+{
+    GS_CODE();
+    return mirror_start_common(p, &mirror_job_driver, NULL, false, errp);
+}
+
+int coroutine_fn mirror_start_commit(const MirrorParams *p, Error **errp)
+{
+    BlockNode *base = p->target;
+    bool was_ro = false;
+
+    GS_CODE();
+    if (chain_check_not_busy(p->source, chain_next(base), errp) < 0) {
+        return -EBUSY;
+    }
+    if (chain_open_rw(base, &was_ro, errp) < 0) {
+        return -EACCES;
+    }
+    int ret = mirror_start_common(p, &commit_active_job_driver, base, was_ro,
+                                  errp);
+    if (ret < 0) {
+        chain_restore_ro(NULL, base, &was_ro);
+    }
+    return ret;
 }

@@ -44,6 +44,19 @@ typedef struct MirrorParams {
  * inserted).  0, or -errno with *errp set and nothing changed. */
 int coroutine_fn mirror_start(const MirrorParams *p, Error **errp) GS;
 
+/* GS, coroutine on the main loop: active commit (QEMU's
+ * commit_active_start): a mirror job of type "commit" from p->source (the
+ * active layer, top) into p->target (base, in top's backing chain).  The
+ * copy takes only what is allocated above base (p->sync is ignored); base
+ * is reopened read-write for the job (and grown to top's length), the
+ * chain top..base is frozen and held by the job.  job-complete pivots
+ * every parent of top to base (base stays read-write: it is the active
+ * layer now) and top..above-base leave the chain; a cancel after ready
+ * leaves base a consistent copy of what top showed and read-only again.
+ * The caller checked that target is below source.  0, or -errno with
+ * *errp set and nothing changed. */
+int coroutine_fn mirror_start_commit(const MirrorParams *p, Error **errp) GS;
+
 /* GS: block-job-change {copy-mode}: background -> write-blocking (the
  * other way is refused, as QEMU does).  -errno with *errp set. */
 int mirror_change_copy_mode(Job *job, bool write_blocking, Error **errp) GS;

@@ -11,17 +11,22 @@
  *
  * job-id has no default here: a node is not a device with a name, so QEMU
  * asks for one too ("An explicit job ID is required").  filter-node-name
- * is refused: neither job inserts a filter node (stream serialises its copy
- * in the format, commit writes only backing files nobody else writes), and
- * a script that names one expects to find that node in the graph.  Active
- * commit (top is device) is not supported yet.
+ * is refused by stream and intermediate commit: neither inserts a filter
+ * node (stream serialises its copy in the format, commit writes only
+ * backing files nobody else writes), and a script that names one expects
+ * to find that node in the graph.  Active commit (top is device) is a
+ * mirror job of type "commit" (mirror_start_commit()), as QEMU's
+ * commit_active_start; its mirror-top filter takes filter-node-name
+ * (without it, an automatic hidden name).
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "block-gs.h"
 #include "driver.h"
+#include "jobs/mirror.h"
 #include "jobs/stream.h"
 #include "qmp/commands.h"
 
@@ -63,7 +68,19 @@ static BlockNode *find_overlay(BlockNode *top, BlockNode *node) GS
     return NULL;
 }
 
-/* The arguments both commands share; false with *errp on a bad one. */
+/* QEMU's filter-node-name: only an active commit inserts a filter. */
+static bool no_filter(json_t *args, Error **errp)
+{
+    if (str_arg(args, "filter-node-name")) {
+        error_setg(errp, "Parameter 'filter-node-name': this job inserts no "
+                   "filter node in diskstack");
+        return false;
+    }
+    return true;
+}
+
+/* The arguments both commands share; false with *errp on a bad one
+ * (filter-node-name is the caller's). */
 static bool common_params(json_t *args, ChainJobParams *p, Error **errp)
 {
     const char *on_error = str_arg(args, "on-error");
@@ -80,11 +97,6 @@ static bool common_params(json_t *args, ChainJobParams *p, Error **errp)
     if ((int)p->on_error < 0) {
         error_setg(errp, "Parameter 'on-error' does not accept value '%s'",
                    on_error);
-        return false;
-    }
-    if (str_arg(args, "filter-node-name")) {
-        error_setg(errp, "Parameter 'filter-node-name': this job inserts no "
-                   "filter node in diskstack");
         return false;
     }
     return true;
@@ -162,7 +174,7 @@ static json_t *coroutine_fn block_stream(json_t *args, Error **errp)
     if (!exclusive(args, "base", "base-node", fmt, errp) ||
         !exclusive(args, "base", "bottom", fmt, errp) ||
         !exclusive(args, "bottom", "base-node", fmt, errp) ||
-        !common_params(args, &p, errp)) {
+        !common_params(args, &p, errp) || !no_filter(args, errp)) {
         return NULL;
     }
     BlockNode *bs = lookup(device, device, errp);
@@ -231,6 +243,30 @@ static BlockNode *commit_base(json_t *args, BlockNode *top, Error **errp) GS
     return b;
 }
 
+/* GS, coroutine: block-commit of the active layer top into base. */
+static int coroutine_fn commit_active(const ChainJobParams *p, BlockNode *top,
+                                      BlockNode *base, const char *filter,
+                                      Error **errp) GS
+{
+    if (p->backing_file) {
+        error_setg(errp, "'backing-file' specified, but 'top' is the active "
+                   "layer");
+        return -EINVAL;
+    }
+    MirrorParams m = {
+        .job_id = p->job_id, .source = top, .target = base,
+        .sync = MIRROR_SYNC_TOP, .speed = p->speed,
+        .on_source_error = p->on_error, .on_target_error = p->on_error,
+        .auto_finalize = p->auto_finalize, .auto_dismiss = p->auto_dismiss,
+        .filter_node_name = filter,
+    };
+    if (!m.job_id) {
+        error_setg(errp, "An explicit job ID is required");
+        return -EINVAL;
+    }
+    return mirror_start_commit(&m, errp);
+}
+
 static json_t *coroutine_fn block_commit(json_t *args, Error **errp)
 {
     const char *fmt = "'%s' and '%s' are mutually exclusive";
@@ -261,8 +297,10 @@ static json_t *coroutine_fn block_commit(json_t *args, Error **errp)
         return NULL;
     }
     if (top == bs) {
-        error_setg(errp, "Committing the active layer '%s' (active commit) is "
-                   "not supported yet", device);
+        return commit_active(&p, top, base, str_arg(args, "filter-node-name"),
+                             errp) < 0 ? NULL : json_object();
+    }
+    if (!no_filter(args, errp)) {
         return NULL;
     }
     BlockNode *overlay = find_overlay(bs, top);
@@ -292,7 +330,8 @@ const QmpCommandDef qmp_stream_commands[] = {
         "copy a backing chain's data into a node and drop the chain" },
       stream_args },
     { { "block-commit", block_commit,
-        "copy an intermediate overlay's data into its base and drop it" },
+        "copy an overlay's data into its base and drop it (active layer: "
+        "ready, then job-complete pivots to base)" },
       commit_args },
     { { NULL } },
 };

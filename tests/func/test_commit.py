@@ -7,11 +7,20 @@ After each job: the export's content equals the writers' reference,
 info --backing-chain`, and base holds what mid showed (the commit's point)
 and is read-only again.  Also pause/resume with blockdev-del of chain nodes
 refused, the error policies with an inject node under mid, and argument
-errors (qemu-storage-daemon 7.2's messages)."""
+errors (qemu-storage-daemon 7.2's messages).
 
+ActiveCommit: the active layer top (the exported node) committed into base
+while the export is written: ready, job-complete under writes, then the
+export serves base (read-write now, as QEMU leaves it), base's content is
+the writers' reference and top and mid leave the graph when deleted; a
+cancel after ready leaves base a copy of top at that moment, read-only
+again, and top the active layer; the events match qemu-storage-daemon's."""
+
+import os
 import unittest
 
-from common import MiB, run_qemu_img
+from common import MiB, read_file, run_qemu_img, wait_for
+import test_stream
 from test_stream import SIZE, SLOW, JobCase
 
 
@@ -149,8 +158,8 @@ class Commit(JobCase):
              "Can't find '/nonexistent' in the backing chain", None),
             ({'device': 'top', 'top': '/nonexistent'},
              'Top image file /nonexistent not found', None),
-            ({'device': 'top'}, "Committing the active layer 'top' (active "
-             "commit) is not supported yet", None),
+            ({'device': 'top', 'backing-file': 'x'},
+             "'backing-file' specified, but 'top' is the active layer", None),
             ({'device': 'top', 'top-node': 'mid', 'on-error': 'maybe'},
              "Parameter 'on-error' does not accept value 'maybe'", None),
         ]
@@ -162,6 +171,215 @@ class Commit(JobCase):
         self.assertTrue(self.node('base')['ro'])
         self.assertEqual(self.ok('query-jobs'), [])
         self.quit()
+
+
+class ActiveCommit(JobCase):
+
+    node = Commit.node
+
+    def export_node(self):
+        return [e['node-name'] for e in self.ok('query-block-exports')
+                if e['id'] == 'e-top'][0]
+
+    def ready_then(self, job, verb, base='base'):
+        """Waits for job's BLOCK_JOB_READY (type commit), then verb."""
+        ev = self.c.event('BLOCK_JOB_READY')
+        self.assertEqual((ev['data']['type'], ev['data']['device']),
+                         ('commit', job))
+        self.assertFalse(self.node(base)['ro'], 'base writable for the job')
+        self.assertEqual(self.ok(verb, {'id': job}), {})
+
+    def complete_after_writes(self, job, base='base'):
+        """run_job's after: the writers race the slow copy, then the job
+        catches up (speed 0), goes ready and completes under the writes."""
+        def after(rounds):
+            wait_for(lambda: len(rounds) > 2, lambda: 'no write rounds')
+            self.assertEqual(self.ok('block-job-set-speed',
+                                     {'device': job, 'speed': 0}), {})
+            self.ready_then(job, 'job-complete', base)
+        return after
+
+    def test_active_commit_under_writes(self):
+        self.add_chain()
+        ev, content = self.run_job('block-commit', {
+            'job-id': 'a0', 'device': 'top', 'speed': SLOW},
+            after=self.complete_after_writes('a0'))
+        self.assertEqual((ev['data']['type'], ev['data']['device']),
+                         ('commit', 'a0'))
+        self.assertNotIn('error', ev['data'])
+        self.assertEqual(ev['data']['offset'], ev['data']['len'])
+        self.assertEqual(self.statuses('a0'), [
+            'created', 'running', 'ready', 'waiting', 'pending', 'concluded',
+            'null'])
+        self.assertEqual(self.export_node(), 'base')
+        self.assertFalse(self.node('base')['ro'], 'base is the active layer')
+        # top and mid left the chain: nobody uses them, they close
+        self.assertEqual(self.ok('blockdev-del', {'node-name': 'top'}), {})
+        self.assertEqual(self.ok('blockdev-del', {'node-name': 'mid'}), {})
+        self.assertEqual(self.node_names(), ['base', 'base-f'])
+        self.verify(self.base, content, [(self.base, None)])
+
+    def test_active_commit_to_mid(self):
+        """base-node mid: mid becomes the active layer over base."""
+        self.add_chain()
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a1', 'device': 'top', 'base-node': 'mid'}), {})
+        self.ready_then('a1', 'job-complete', 'mid')
+        self.assertNotIn('error', self.c.event('BLOCK_JOB_COMPLETED')['data'])
+        self.assertEqual(self.export_node(), 'mid')
+        self.assertTrue(self.node('base')['ro'])
+        self.assertEqual(self.ok('blockdev-del', {'node-name': 'top'}), {})
+        self.verify(self.mid, self.expected_start,
+                    [(self.mid, self.base), (self.base, None)])
+
+    def open_images(self):
+        """The image files the daemon has open."""
+        fds = '/proc/%d/fd' % self.d.proc.pid
+        paths = set()
+        for fd in os.listdir(fds):
+            try:
+                paths.add(os.readlink(os.path.join(fds, fd)))
+            except OSError:
+                pass    # closed meanwhile
+        return {p for p in paths if p in (self.top, self.mid, self.base)}
+
+    def test_implicit_chain_dropped_and_closed(self):
+        """A chain opened from the image headers: after the pivot and the
+        blockdev-del of top (the monitor's node), top and mid are closed;
+        the export keeps base."""
+        self.add_disk('top', self.top)
+        self.mp = self.export('top', 'top.img')
+        self.assertEqual(self.open_images(), {self.top, self.mid, self.base})
+        ev, content = self.run_job('block-commit', {
+            'job-id': 'a4', 'device': 'top', 'speed': SLOW}, writers=1,
+            after=self.complete_after_writes('a4', self.implicit_base()))
+        self.assertNotIn('error', ev['data'])
+        self.assertEqual(self.ok('blockdev-del', {'node-name': 'top'}), {})
+        self.assertEqual(self.open_images(), {self.base})
+        self.verify(self.base, content, [(self.base, None)])
+
+    def implicit_base(self):
+        return [n['node-name'] for n in self.ok('query-named-block-nodes')
+                if n['file'] == self.base and n['drv'] == 'qcow2'][0]
+
+    def test_shorter_base_is_grown(self):
+        small = self.qcow2('small.qcow2', SIZE // 2)
+        self.qemu_io(small, 'write -P 0x66 0 4M')
+        big = self.qcow2('big.qcow2', SIZE, backing=small)
+        self.qemu_io(big, 'write -P 0x77 3M 2M')
+        expected = self.raw_of(big)
+        self.add_named('small', small, None, ro=True)
+        self.add_named('big', big, 'small')
+        self.mp = self.export('big', 'big.img')
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a7', 'device': 'big'}), {})
+        self.ready_then('a7', 'job-complete', 'small')
+        self.assertNotIn('error', self.c.event('BLOCK_JOB_COMPLETED')['data'])
+        self.verify(small, expected, [(small, None)])
+
+    def test_cancel_after_ready_keeps_top(self):
+        self.add_chain()
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a2', 'device': 'top'}), {})
+        self.c.event('BLOCK_JOB_READY')
+        with open(self.mp, 'r+b') as f:
+            f.seek(7 * MiB)
+            f.write(b'\x44' * MiB)
+        copy = read_file(self.mp)
+        # QEMU: block-job-cancel of a ready job completes it without the
+        # pivot (job-cancel would force it: no copy promised)
+        self.assertEqual(self.ok('block-job-cancel', {'device': 'a2'}), {})
+        ev = self.c.event('BLOCK_JOB_COMPLETED')
+        self.assertNotIn('error', ev['data'])
+        self.wait_status('a2', 'null')
+        self.assertEqual(self.export_node(), 'top')
+        self.assertTrue(self.node('base')['ro'], 'base is read-only again')
+        with open(self.mp, 'r+b') as f:                # top only, now
+            f.write(b'\x55' * MiB)
+        after = read_file(self.mp)
+        self.verify(self.top, after, [(self.top, self.mid),
+                                      (self.mid, self.base), (self.base, None)])
+        r = run_qemu_img('compare', '-U', '-f', 'qcow2', '-F', 'raw',
+                         self.base, self.save(copy, 'copy.raw'))
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+
+    def test_error_stop_then_resume(self):
+        self.inject_mid()
+        # data only: like QEMU's mirror, a failing allocation status read
+        # before the copy fails the job whatever the policy
+        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
+            {'id': 'bad', 'op': 'read', 'offset': 2 * MiB}]})
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a5', 'device': 'top', 'on-error': 'stop'}), {})
+        ev = self.c.event('BLOCK_JOB_ERROR')
+        self.assertEqual(ev['data'], {'device': 'a5', 'operation': 'read',
+                                      'action': 'stop'})
+        self.wait_status('a5', 'paused')
+        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        self.assertEqual(self.ok('job-resume', {'id': 'a5'}), {})
+        self.ready_then('a5', 'job-complete')
+        self.assertNotIn('error', self.c.event('BLOCK_JOB_COMPLETED')['data'])
+        self.assertEqual(self.export_node(), 'base')
+        self.verify(self.base, self.expected_start, [(self.base, None)])
+
+    def test_error_report_fails_cleanly(self):
+        self.inject_mid()
+        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
+            {'id': 'bad', 'op': 'read', 'offset': 2 * MiB}]})
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a6', 'device': 'top'}), {})
+        self.assertIn('error', self.c.event('BLOCK_JOB_COMPLETED')['data'])
+        self.assertEqual(self.statuses('a6'), ['created', 'running', 'aborting',
+                                               'concluded', 'null'])
+        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        self.assertEqual(self.export_node(), 'top')
+        self.assertTrue(self.node('base')['ro'], 'base is read-only again')
+        self.verify(self.top, self.expected_start, [
+            (self.top, self.mid), (self.mid, self.base), (self.base, None)])
+
+    def test_growable_export_refused_cleanly(self):
+        """As mirror: the job shares no resize on top, which a growable
+        export holds; the refusal leaves base read-only and no job."""
+        self.add_chain(growable=True)
+        self.refused('block-commit', {
+            'job-id': 'a8', 'device': 'top', 'filter-node-name': 'ctop'},
+            "Conflicts with use by job 'a8' as 'root', which does not allow "
+            "'resize' on top (wanted by node 'ctop' as 'file')")
+        self.assertTrue(self.node('base')['ro'])
+        self.assertEqual(self.ok('query-jobs'), [])
+        self.verify(self.top, self.expected_start, [
+            (self.top, self.mid), (self.mid, self.base), (self.base, None)])
+
+    def test_busy_while_ready(self):
+        self.add_chain()
+        self.assertEqual(self.ok('block-commit', {
+            'job-id': 'a3', 'device': 'top', 'filter-node-name': 'ctop'}), {})
+        self.c.event('BLOCK_JOB_READY')
+        self.assertIn('ctop', self.node_names())
+        self.refused('block-stream', {'job-id': 's', 'device': 'top'},
+                     "Node 'top' is busy: block device is in use by block "
+                     "job: commit")
+        self.reopen_refused('mid', "Cannot change frozen 'backing' link from "
+                            "'mid' to 'base'")
+        self.assertEqual(self.ok('job-cancel', {'id': 'a3'}), {})
+        self.wait_status('a3', 'null')
+        self.assertNotIn('ctop', self.node_names())
+        self.assertTrue(self.node('base')['ro'])
+        self.verify(self.top, self.expected_start, [
+            (self.top, self.mid), (self.mid, self.base), (self.base, None)])
+
+
+class ActiveCommitAsQsd(test_stream.SameAsQsd):
+
+    test_stream_events_match_qsd = None     # test_stream.py runs that one
+
+    def test_active_commit_events_match_qsd(self):
+        got, want = self.events_of_both(job=('block-commit', {
+            'job-id': 'c', 'device': 'top'}), complete=True)
+        self.assertEqual(got, want)
+        self.assertEqual([e[1].get('status', e[0]) for e in want], [
+            'created', 'running', 'ready', 'BLOCK_JOB_READY', 'waiting',
+            'pending', 'BLOCK_JOB_COMPLETED', 'concluded', 'null'])
 
 
 if __name__ == '__main__':

@@ -73,11 +73,13 @@ class JobCase(SnapshotCase):
         self.ok('blockdev-add', {'driver': 'qcow2', 'node-name': node, 'read-only': ro,
                                  'file': f, 'backing': backing})
 
-    def run_job(self, cmd, args, writers=2, ops=20):
+    def run_job(self, cmd, args, writers=2, ops=20, after=None):
         """Starts the job while writer threads hammer the export, rounds of
         ops requests each until the job has completed (so that writes race
-        the whole copy); returns the BLOCK_JOB_COMPLETED event and the
-        reference content."""
+        the whole copy); after(rounds), if given, runs once the job started,
+        rounds the list of write rounds begun so far (an active commit:
+        wait for ready, job-complete); returns the
+        BLOCK_JOB_COMPLETED event and the reference content."""
         reference = bytearray(read_file(self.mp))
         self.assertEqual(bytes(reference), self.expected_start)
         errors, done, rounds = [], threading.Event(), []
@@ -93,6 +95,8 @@ class JobCase(SnapshotCase):
         t.start()
         try:
             self.assertEqual(self.ok(cmd, args), {})
+            if after:
+                after(rounds)
             ev = self.c.event('BLOCK_JOB_COMPLETED')
         finally:
             done.set()
@@ -379,7 +383,10 @@ class SameAsQsd(JobCase):
     """The events of one simple stream (no export: qemu-storage-daemon 7.2
     refuses a job on a writable FUSE export's node) as qsd sends them."""
 
-    def job_events(self, who, args, sock):
+    def job_events(self, who, args, sock, job=None, complete=False):
+        """The events of job (cmd, args; default: a stream of top down to
+        base) in order of arrival, until its status is null; complete:
+        job-complete once it is ready."""
         d = Daemon(args, self.path('unused-' + who), self.tmp, name=who)
         self.addCleanup(d.cleanup)
         d.start(wait_mounted=False)
@@ -390,18 +397,32 @@ class SameAsQsd(JobCase):
                                    ('mid', self.mid, 'base'),
                                    ('top', self.top, 'mid')):
             self.add_named(node, img, backing, ro=node != 'top')
-        self.assertEqual(self.ok('block-stream', {
-            'job-id': 's', 'device': 'top', 'base-node': 'base'}), {})
-        events = list(self.c.events)        # in order of arrival
-        while not events or events[-1]['data'].get('status') != 'null':
-            events.append(self.c.recv())
+        cmd, cmd_args = job or ('block-stream', {
+            'job-id': 's', 'device': 'top', 'base-node': 'base'})
+        self.assertEqual(self.ok(cmd, cmd_args), {})
+        events = []
+        if complete:
+            events = self.recv_until(lambda e: e['event'] == 'BLOCK_JOB_READY')
+            self.assertEqual(self.ok('job-complete',
+                                     {'id': cmd_args['job-id']}), {})
+        events += self.recv_until(lambda e: e['data'].get('status') == 'null')
         events = [(e['event'], e['data']) for e in events]
         self.assertEqual(self.c.cmd('quit'), {'return': {}})
         self.c.close()
         d.wait_exit()
         return events
 
-    def test_stream_events_match_qsd(self):
+    def recv_until(self, cond):
+        """The queued events, then received ones, in order of arrival, up
+        to one that cond accepts."""
+        events, self.c.events = self.c.events, []
+        while not any(cond(e) for e in events):
+            events.append(self.c.recv())
+        return events
+
+    def events_of_both(self, **job):
+        """job_events(**job) on qemu-storage-daemon, then on diskstack with
+        the same images: (ours, theirs)."""
         qsd = shutil.which('qemu-storage-daemon')
         if not qsd:
             self.skipTest('qemu-storage-daemon not installed')
@@ -410,14 +431,18 @@ class SameAsQsd(JobCase):
         sock = self.path('qsd.sock')
         want = self.job_events('qsd', [
             qsd, '--chardev', 'socket,path=%s,server=on,wait=off,id=m' % sock,
-            '--monitor', 'chardev=m'], sock)
+            '--monitor', 'chardev=m'], sock, **job)
         # the same images again
         for img in (self.top, self.mid, self.base):
             os.unlink(img)
         self.setUp_images()
         sock = self.path('ds.sock')
         got = self.job_events('diskstack', [
-            diskstack_bin(), 'serve', '--qmp', sock], sock)
+            diskstack_bin(), 'serve', '--qmp', sock], sock, **job)
+        return got, want
+
+    def test_stream_events_match_qsd(self):
+        got, want = self.events_of_both()
         self.assertEqual(got, want)
         self.assertEqual([e[1].get('status', e[0]) for e in want], [
             'created', 'running', 'waiting', 'pending', 'BLOCK_JOB_COMPLETED',
