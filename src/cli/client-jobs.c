@@ -933,13 +933,15 @@ static const JobVerb stream_verb = {
 };
 
 static const JobVerb commit_verb = {
-    "commit", "NODE [--top NODE] [--base NODE] [--speed S] [--job-id ID] [--detach]",
+    "commit", "NODE [--top NODE] [--base NODE] [--speed S] [--job-id ID] [--complete] [--detach]",
     "Copy the data of --top (default: NODE) and the images below it down into\n"
     "--base (default: the bottom of the chain), then drop them from NODE's\n"
     "chain (block-commit).\n"
     "  --top NODE        the highest image to commit (default: NODE)\n"
     "  --base NODE       the image to commit into\n"
-    START_HELP, JOPT_TOP | JOPT_BASE | JOPT_START, 1, verb_commit, NULL,
+    "  --complete        active commit (no --top): pivot to the base once it\n"
+    "                    is in sync (job-complete)\n"
+    START_HELP, JOPT_TOP | JOPT_BASE | JOPT_COMPLETE | JOPT_START, 1, verb_commit, NULL,
 };
 
 int cmd_jobs(int argc, char **argv)

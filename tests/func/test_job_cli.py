@@ -81,6 +81,21 @@ class JobCli(JobCase):
         self.assertGreater(len(rounds), 1, 'the writers raced the job')
         self.verify(self.top, bytes(reference), [(self.top, self.base), (self.base, None)])
 
+    def test_active_commit_complete(self):
+        """commit NODE --complete: an active commit that pivots the export
+        to the base once it is in sync."""
+        self.add_chain()
+        reference = bytes(read_file(self.mp))
+        r = self.cli('commit', 'top', '--base', 'base', '--job-id', 'a0',
+                     '--complete')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(nonempty_lines(r.stdout),
+                         ['job a0: created', 'job a0: running', 'job a0: ready',
+                          'job a0: waiting', 'job a0: pending',
+                          'job a0: concluded (completed)'])
+        self.assertEqual(read_file(self.mp), reference)
+        self.verify(self.base, reference, [(self.base, None)])
+
     def test_detach_jobs_pause_resume_wait(self):
         self.add_chain()
         self.assertEqual(self.cli_ok('stream', 'top', '--base', 'base', '--speed',
@@ -215,7 +230,7 @@ class JobCli(JobCase):
                      ['stream', 'top', '--speed', 'fast'],
                      ['mirror', 'top'],
                      ['mirror', 'top', self.path('x.qcow2'), '--sync', 'most'],
-                     ['commit', 'top', '--complete'], ['jobs', 'extra'],
+                     ['commit', 'top', '--complete', '--detach'], ['jobs', 'extra'],
                      ['mirror', 'top', self.path('x.qcow2'), '--complete',
                       '--detach']):
             r = self.cli_fails(2, *args)
