@@ -116,6 +116,12 @@ const char *bdrv_child_user_name(BlockChild *c) GS;
  */
 void coroutine_fn bdrv_co_quiesce_begin(BlockNode *bs) GS;
 void bdrv_quiesce_end(BlockNode *bs) GS;
+/* Sections of several nodes for one graph change: takes a reference on
+ * each node and quiesces it, NULLs skipped (begin); ends them in reverse
+ * order, then drops the references — the last may close a node that left
+ * the graph (end). */
+void coroutine_fn bdrv_co_quiesce_nodes_begin(BlockNode **nodes, int n) GS;
+void coroutine_fn bdrv_co_quiesce_nodes_end(BlockNode **nodes, int n) GS;
 /* Node drain (meaning 3): only for closing a node or moving it. */
 void coroutine_fn bdrv_co_drain_node(BlockNode *bs) GS;
 

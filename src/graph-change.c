@@ -141,9 +141,9 @@ void bdrv_remove_overlay_locked(BlockNode *overlay, BlockNode *top)
     perm_refresh_nodes(touched, ARRAY_SIZE(touched), NULL);
 }
 
-/* Takes a reference on each node and quiesces it; NULLs are skipped. */
-static void coroutine_fn begin_sections(BlockNode **nodes, int n) GS
+void coroutine_fn bdrv_co_quiesce_nodes_begin(BlockNode **nodes, int n)
 {
+    GS_CODE();
     for (int i = 0; i < n; i++) {
         if (nodes[i]) {
             bdrv_ref(nodes[i]);
@@ -152,10 +152,9 @@ static void coroutine_fn begin_sections(BlockNode **nodes, int n) GS
     }
 }
 
-/* Ends the sections in reverse order, then drops the references (the last
- * one may close a node that left the graph). */
-static void coroutine_fn end_sections(BlockNode **nodes, int n) GS
+void coroutine_fn bdrv_co_quiesce_nodes_end(BlockNode **nodes, int n)
 {
+    GS_CODE();
     for (int i = n - 1; i >= 0; i--) {
         if (nodes[i]) {
             bdrv_quiesce_end(nodes[i]);
@@ -173,11 +172,11 @@ int coroutine_fn bdrv_co_append_overlay(BlockNode *overlay, BlockNode *top,
 {
     GS_CODE();
     BlockNode *nodes[] = { top, overlay };
-    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_begin(nodes, ARRAY_SIZE(nodes));
     bdrv_graph_wrlock();
     int ret = bdrv_append_overlay_locked(overlay, top, errp);
     bdrv_graph_wrunlock();
-    end_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_end(nodes, ARRAY_SIZE(nodes));
     return ret;
 }
 
@@ -270,17 +269,17 @@ int coroutine_fn bdrv_co_set_backing(BlockNode *bs, BlockNode *backing,
     GS_CODE();
     for (;;) {
         BlockNode *nodes[] = { bs, backing_node(bs), backing };
-        begin_sections(nodes, ARRAY_SIZE(nodes));
+        bdrv_co_quiesce_nodes_begin(nodes, ARRAY_SIZE(nodes));
         /* Quiescing yields: another command may have changed the edge
          * meanwhile.  Then the section covers the wrong node: again. */
         if (backing_node(bs) != nodes[1]) {
-            end_sections(nodes, ARRAY_SIZE(nodes));
+            bdrv_co_quiesce_nodes_end(nodes, ARRAY_SIZE(nodes));
             continue;
         }
         bdrv_graph_wrlock();
         int ret = bdrv_set_backing_locked(bs, backing, errp);
         bdrv_graph_wrunlock();
-        end_sections(nodes, ARRAY_SIZE(nodes));
+        bdrv_co_quiesce_nodes_end(nodes, ARRAY_SIZE(nodes));
         return ret;
     }
 }
@@ -388,11 +387,11 @@ int coroutine_fn bdrv_co_insert_filter(BlockNode *filter, BlockNode *bs,
 {
     GS_CODE();
     BlockNode *nodes[] = { bs, filter };
-    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_begin(nodes, ARRAY_SIZE(nodes));
     bdrv_graph_wrlock();
     int ret = bdrv_insert_filter_locked(filter, bs, errp);
     bdrv_graph_wrunlock();
-    end_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_end(nodes, ARRAY_SIZE(nodes));
     return ret;
 }
 
@@ -404,10 +403,10 @@ int coroutine_fn bdrv_co_remove_filter(BlockNode *filter, BlockNode *to,
     BlockNode *child = filter->file ? filter->file->node : NULL;
     bdrv_graph_rdunlock_main_loop();
     BlockNode *nodes[] = { child, filter, to == child ? NULL : to };
-    begin_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_begin(nodes, ARRAY_SIZE(nodes));
     bdrv_graph_wrlock();
     int ret = bdrv_remove_filter_locked(filter, to, errp);
     bdrv_graph_wrunlock();
-    end_sections(nodes, ARRAY_SIZE(nodes));
+    bdrv_co_quiesce_nodes_end(nodes, ARRAY_SIZE(nodes));
     return ret;
 }

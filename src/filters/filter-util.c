@@ -34,3 +34,18 @@ int coroutine_fn filter_co_truncate(BlockNode *bs, int64_t offset, bool exact,
     }
     return ret;
 }
+
+int coroutine_fn filter_co_flush(BlockNode *bs) GRAPH_RDLOCK
+{
+    return 0;
+}
+
+int coroutine_fn filter_co_block_status(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, int64_t *pnum,
+                                        int64_t *map, BlockNode **file)
+    GRAPH_RDLOCK
+{
+    IO_CODE();
+    return bdrv_co_block_status(bs->file->node, true, offset, bytes, pnum,
+                                map, file);
+}

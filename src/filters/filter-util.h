@@ -1,6 +1,6 @@
 /*
- * filter-util.h — what every filter driver (throttle, inject) does the
- * same way with its one "file" child.
+ * filter-util.h — what every filter driver (throttle, inject, the mirror
+ * job's mirror_top) does the same way with its one "file" child.
  */
 #ifndef DISKSTACK_FILTER_UTIL_H
 #define DISKSTACK_FILTER_UTIL_H
@@ -21,5 +21,21 @@ void filter_inherit_from_child(BlockNode *bs) GS;
  */
 int coroutine_fn filter_co_truncate(BlockNode *bs, int64_t offset, bool exact,
                                     Error **errp) GRAPH_RDLOCK;
+
+/*
+ * co_flush of a filter — lock: graph read lock; in flight: yes; threads:
+ * any.  Nothing is cached in a filter; io.c flushes the child.
+ */
+int coroutine_fn filter_co_flush(BlockNode *bs) GRAPH_RDLOCK;
+
+/*
+ * co_block_status of a filter — lock: graph read lock; in flight: yes;
+ * threads: any.  The child's whole answer, backing chain included: a filter
+ * adds nothing of its own.
+ */
+int coroutine_fn filter_co_block_status(BlockNode *bs, int64_t offset,
+                                        int64_t bytes, int64_t *pnum,
+                                        int64_t *map, BlockNode **file)
+    GRAPH_RDLOCK;
 
 #endif

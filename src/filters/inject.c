@@ -274,8 +274,7 @@ static int coroutine_fn inject_co_block_status(BlockNode *bs, int64_t offset,
     if (ret < 0) {
         return ret;               /* (no rule drops a status query) */
     }
-    return bdrv_co_block_status(bs->file->node, true, offset, bytes, pnum,
-                                map, file);
+    return filter_co_block_status(bs, offset, bytes, pnum, map, file);
 }
 
 /*

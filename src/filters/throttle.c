@@ -214,30 +214,6 @@ static int coroutine_fn throttle_co_pdiscard(BlockNode *bs, int64_t offset,
 }
 
 /*
- * co_flush — lock: graph read lock; in flight: yes; threads: yes.  Not
- * throttled; nothing is cached here and io.c flushes the child.
- */
-static int coroutine_fn throttle_co_flush(BlockNode *bs) GRAPH_RDLOCK
-{
-    return 0;
-}
-
-/*
- * co_block_status — lock: graph read lock; in flight: yes; threads: yes.
- * Not throttled: the child's whole answer, backing chain included, since a
- * filter adds nothing of its own.
- */
-static int coroutine_fn throttle_co_block_status(BlockNode *bs, int64_t offset,
-                                                 int64_t bytes, int64_t *pnum,
-                                                 int64_t *map, BlockNode **file)
-    GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_block_status(bs->file->node, true, offset, bytes, pnum,
-                                map, file);
-}
-
-/*
  * co_truncate — lock: graph read lock; in flight: yes; threads: one resize
  * per node at a time (io.c serialises).  Not throttled.
  */
@@ -334,7 +310,7 @@ const BlockDriver bdrv_throttle = {
     .co_pwritev = throttle_co_pwritev,
     .co_pwrite_zeroes = throttle_co_pwrite_zeroes,
     .co_pdiscard = throttle_co_pdiscard,
-    .co_flush = throttle_co_flush,
-    .co_block_status = throttle_co_block_status,
+    .co_flush = filter_co_flush,
+    .co_block_status = filter_co_block_status,
     .co_truncate = throttle_co_truncate,
 };

@@ -34,6 +34,7 @@
 #include "block-gs.h"
 #include "block-io.h"
 #include "driver.h"
+#include "filters/filter-util.h"
 #include "jobs/mirror.h"
 
 typedef struct MirrorTopState {
@@ -129,29 +130,6 @@ static int coroutine_fn mirror_top_co_pdiscard(BlockNode *bs, int64_t offset,
 }
 
 /*
- * co_flush — lock: graph read lock; in flight: yes; threads: any.  Nothing
- * is cached here; io.c flushes the child.
- */
-static int coroutine_fn mirror_top_co_flush(BlockNode *bs) GRAPH_RDLOCK
-{
-    return 0;
-}
-
-/*
- * co_block_status — lock: graph read lock; in flight: yes; threads: any.
- * The child's answer, backing chain included: a filter adds nothing.
- */
-static int coroutine_fn mirror_top_co_block_status(BlockNode *bs, int64_t offset,
-                                                   int64_t bytes, int64_t *pnum,
-                                                   int64_t *map, BlockNode **file)
-    GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_block_status(bs->file->node, true, offset, bytes, pnum,
-                                map, file);
-}
-
-/*
  * co_truncate — lock: graph read lock; in flight: yes; threads: one resize
  * at a time (io.c).  The bitmap and the target have the source's length.
  */
@@ -173,7 +151,7 @@ const BlockDriver bdrv_mirror_top = {
     .co_pwritev = mirror_top_co_pwritev,
     .co_pwrite_zeroes = mirror_top_co_pwrite_zeroes,
     .co_pdiscard = mirror_top_co_pdiscard,
-    .co_flush = mirror_top_co_flush,
-    .co_block_status = mirror_top_co_block_status,
+    .co_flush = filter_co_flush,
+    .co_block_status = filter_co_block_status,
     .co_truncate = mirror_top_co_truncate,
 };

@@ -218,12 +218,7 @@ int coroutine_fn chain_replace_backing(BlockNode *overlay, BlockNode *base,
     BlockNode *nodes[] = { overlay, old, base };
     int n = ARRAY_SIZE(nodes);
 
-    for (int i = 0; i < n; i++) {
-        if (nodes[i]) {
-            bdrv_ref(nodes[i]);
-            bdrv_co_quiesce_begin(nodes[i]);
-        }
-    }
+    bdrv_co_quiesce_nodes_begin(nodes, n);
     int ret = set_backing(overlay, base, errp);
     if (ret == 0) {
         ret = write_backing_name(overlay, base, backing_file, errp);
@@ -231,16 +226,7 @@ int coroutine_fn chain_replace_backing(BlockNode *overlay, BlockNode *base,
             set_backing(overlay, old, NULL);   /* the old shape: no conflict */
         }
     }
-    for (int i = n - 1; i >= 0; i--) {
-        if (nodes[i]) {
-            bdrv_quiesce_end(nodes[i]);
-        }
-    }
-    for (int i = n - 1; i >= 0; i--) {
-        if (nodes[i]) {
-            bdrv_co_unref(nodes[i]);
-        }
-    }
+    bdrv_co_quiesce_nodes_end(nodes, n);
     return ret;
 }
 
