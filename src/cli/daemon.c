@@ -26,6 +26,7 @@
 #include "cli/cli.h"
 #include "driver.h"   /* before export.h: its option table needs the type */
 #include "fuse/export.h"
+#include "jobs/job.h"
 #include "loop/loop.h"
 #include "util/threads.h"
 
@@ -142,6 +143,10 @@ static void coroutine_fn shutdown_co(void *opaque)
     if (d.config->stop) {
         d.config->stop(d.config->opaque);
     }
+    /* Before the nodes close: a job still holds its nodes and has requests
+     * in flight on them; cancelled, it drains them and lets go (a mirror
+     * target is then closed like any node, its metadata written back). */
+    job_co_cancel_all();
     delete_exports();
     bdrv_co_close_all();
     destroy_iothreads();

@@ -18,7 +18,8 @@ import subprocess
 import threading
 import time
 
-from common import diskstack_bin, nonempty_lines, random_io_workers, read_file, run_diskstack
+from common import (diskstack_bin, nonempty_lines, random_io_workers, read_file,
+                    run_diskstack, wait_for)
 from test_stream import SIZE, SLOW, JobCase
 
 CRAWL = '1M'            # --speed: 8 MiB last long enough to pause/cancel
@@ -213,6 +214,43 @@ class JobCli(JobCase):
                         names.index('BLOCK_JOB_COMPLETED'))
         self.assertEqual(self.ok('query-block-exports')[0]['node-name'], 'tgt')
         self.verify(target, self.expected_start, [(target, None)])
+
+    def test_quit_cancels_running_and_paused_jobs(self):
+        """quit (SIGTERM takes the same path) with a mirror whose target
+        write is in flight (held 300 ms by an inject filter) and a paused
+        stream: both jobs are cancelled and drained before the nodes
+        close, so the target's metadata is written back after its last
+        write (check clean, no leaks) and the streamed chain is
+        unchanged."""
+        self.add_chain()
+        target = self.qcow2('tgt.qcow2', SIZE)
+        self.ok('blockdev-add', {
+            'driver': 'qcow2', 'node-name': 'tgt', 'backing': None,
+            'file': {'driver': 'inject', 'node-name': 'inj', 'rules': [
+                {'id': 'slow', 'op': 'write', 'action': 'delay',
+                 'delay-ms': 300}],
+                     'file': {'driver': 'file', 'node-name': 'tgt-f',
+                              'filename': target}}})
+        self.ok('blockdev-mirror', {'job-id': 'm2', 'device': 'top',
+                                    'target': 'tgt', 'sync': 'full'})
+        other = self.qcow2('other.qcow2', SIZE, backing=self.base)
+        self.qemu_io(other, 'write -P 0x44 2M 1M')
+        self.add_named('other', other, 'base')
+        self.cli_ok('stream', 'other', '--speed', CRAWL, '--job-id', 's4',
+                    '--detach')
+        self.cli_ok('job', 'pause', 's4')
+        self.wait_status('s4', 'paused')
+        wait_for(lambda: self.ok('x-diskstack-inject-query',
+                                 {'node-name': 'inj'})[0]['matched'] > 0,
+                 'a target write in flight')
+        self.assertEqual(sorted(j['id'] for j in self.ok('query-jobs')),
+                         ['m2', 's4'])
+        self.quit()
+        for img in (target, other, self.top):
+            self.check_clean(img)
+        self.assertEqual(self.backing_chain(other),
+                         [(other, self.base), (self.base, None)])
+        self.assertEqual(self.raw_of(self.top), self.expected_start)
 
     def test_errors(self):
         self.add_chain()
