@@ -411,6 +411,7 @@ static void export_free(BlockExport *exp)
     }
     free(exp->queues);
     free(exp->mnt.path);
+    free(exp->resize_refusal);
     pthread_mutex_destroy(&exp->attr_lock);
     free(exp->id);
     free(exp);
@@ -515,11 +516,132 @@ static uint64_t export_shared_perm(const BlockExport *exp)
     return BLK_PERM_ALL & ~(exp->writable ? BLK_PERM_WRITE : 0);
 }
 
+/*
+ * What the export takes for its whole life.  Not resize, even when
+ * growable: a growable export takes it only while one of its requests
+ * resizes the node (fuse_export_resize), so that jobs, which share no
+ * resize on the node they copy (mirror, active commit), can run under it.
+ */
 static uint64_t export_perm(const BlockExport *exp)
 {
-    return BLK_PERM_CONSISTENT_READ |
-           (exp->writable ? BLK_PERM_WRITE : 0) |
-           (exp->growable ? BLK_PERM_RESIZE : 0);
+    return BLK_PERM_CONSISTENT_READ | (exp->writable ? BLK_PERM_WRITE : 0);
+}
+
+/*
+ * Resizing a growable export.
+ *
+ * A request that grows or shrinks the node (a write or fallocate past the
+ * end, a truncate) takes the resize permission on the export's backend,
+ * truncates, and drops the permission again.  Permissions are GS: the
+ * request coroutine (I/O, on its IOThread) schedules the change as a bottom
+ * half on the main loop and waits for it on a CoEvent, as job_error_action
+ * does; it never runs GS code itself.  grow_lock serialises the whole
+ * take-truncate-drop sequence: one resize at a time per export, the others
+ * wait for the lock and then look at the length again, so a grower that
+ * finds the node already long enough does nothing (and takes nothing).
+ *
+ * When a user of the node does not share resize (a mirror or an active
+ * commit job while it runs), taking it fails: the request fails with EBUSY
+ * before anything was written or resized, and one line naming the user
+ * goes to the log (once per refusal reason until a resize succeeds).
+ *
+ * The permission changes touch the edges of the export's subtree without a
+ * quiesced section, as attaching or detaching any user does
+ * (blk_insert_node, block_resize's backend): requests in flight read the
+ * write bit of those edges, which stays set throughout.
+ *
+ * Writes inside the end never come here: they pay one length check, as
+ * before.
+ */
+typedef struct ResizePermCall {
+    BlockExport *exp;
+    bool take;
+    int ret;
+    Error *err;
+    CoEvent done;
+} ResizePermCall;
+
+/* GS: a bottom half on the main loop, scheduled by set_resize_perm(). */
+static void resize_perm_bh(void *opaque)
+{
+    ResizePermCall *c = opaque;
+    BlockExport *exp = c->exp;
+    uint64_t perm = export_perm(exp) | (c->take ? BLK_PERM_RESIZE : 0);
+
+    global_lock_assert_held();
+    c->ret = blk_set_perm(exp->blk, perm, export_shared_perm(exp), &c->err);
+    co_event_set(&c->done);                 /* c is gone after this */
+}
+
+/* I/O, in a request coroutine holding grow_lock: takes (take) or drops
+ * the resize permission on the main loop and waits until it is done. */
+static int coroutine_fn set_resize_perm(BlockExport *exp, bool take,
+                                        Error **errp)
+{
+    ResizePermCall c = { .exp = exp, .take = take };
+
+    co_event_init(&c.done);
+    loop_schedule(loop_main(), resize_perm_bh, &c);
+    co_event_wait(&c.done);
+    if (c.err) {
+        error_propagate(errp, c.err);
+    }
+    return c.ret;
+}
+
+/* I/O, holding grow_lock: logs a refusal unless it is the one logged
+ * last (a program retrying under the same job logs one line). */
+static void note_refusal(BlockExport *exp, const char *why)
+{
+    if (!why || !*why) {
+        why = "permission refused";
+    }
+    if (exp->resize_refusal && !strcmp(exp->resize_refusal, why)) {
+        return;
+    }
+    error_report("FUSE export '%s': resize refused (EBUSY): %s", exp->id, why);
+    free(exp->resize_refusal);
+    exp->resize_refusal = strdup(why);
+}
+
+/* I/O, holding grow_lock: the permission, the truncate, the release. */
+static int coroutine_fn resize_locked(BlockExport *exp, int64_t size)
+{
+    Error *err = NULL;
+    int ret;
+
+    if (set_resize_perm(exp, true, &err) < 0) {
+        note_refusal(exp, error_get_pretty(err));
+        error_free(err);
+        return -EBUSY;
+    }
+    free(exp->resize_refusal);
+    exp->resize_refusal = NULL;
+    ret = blk_co_truncate(exp->blk, size, true, NULL);
+    if (set_resize_perm(exp, false, &err) < 0) {
+        /* kept: the next resize drops it again */
+        warn_report("FUSE export '%s': cannot drop the resize permission%s%s",
+                    exp->id, err ? ": " : "", err ? error_get_pretty(err) : "");
+        error_free(err);
+    }
+    return ret;
+}
+
+int coroutine_fn fuse_export_resize(BlockExport *exp, int64_t size,
+                                    bool grow_only)
+{
+    int64_t length;
+    int ret = 0;
+
+    co_mutex_lock(&exp->grow_lock);
+    length = blk_getlength(exp->blk);
+    if (length < 0) {
+        ret = length;
+    } else if (length < size || (length > size && !grow_only)) {
+        ret = resize_locked(exp, size);
+    }
+    co_mutex_unlock(&exp->grow_lock);
+    return ret;
 }
 
 /* Takes the options of a checked definition. */

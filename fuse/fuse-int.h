@@ -105,8 +105,14 @@ struct BlockExport {
     FuseQueue *queues;
     int nqueues;
 
-    /* Serialises growing writes so two of them never shrink each other. */
+    /*
+     * Serialises resizes (growing writes and fallocates, truncates) with
+     * the transient resize permission each takes (export.c), so two of
+     * them never shrink each other.  resize_refusal (under grow_lock): the
+     * message logged for the last refused attempt, NULL after a success.
+     */
     CoMutex grow_lock;
+    char *resize_refusal;
     /* Kernel protocol minor agreed in INIT (0 before INIT). */
     _Atomic uint32_t proto_minor;
 
@@ -148,6 +154,15 @@ struct BlockExport {
 /* export.c — I/O or GS, any thread. */
 void fuse_export_active_ref(BlockExport *exp);
 void fuse_export_active_unref(BlockExport *exp);
+/*
+ * export.c — I/O, in a request coroutine of a growable export: resizes the
+ * node to `size` (only if it is shorter, when grow_only), holding the
+ * resize permission for that time only.  0 when done or nothing to do,
+ * -EBUSY when another user of the node (a job) refuses resizes (nothing
+ * was changed), or the truncate's -errno.  Serialised per export.
+ */
+int coroutine_fn fuse_export_resize(BlockExport *exp, int64_t size,
+                                    bool grow_only);
 
 /*
  * io-error.c — the error policy.

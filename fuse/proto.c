@@ -234,24 +234,17 @@ static void do_init(FuseRequest *req)
     reply(req, 0, &out, out.minor < 23 ? FUSE_COMPAT_22_INIT_OUT_SIZE : sizeof(out));
 }
 
-/* Grows the node to at least `end` bytes.  Serialised: two growing writes
- * must not truncate each other back. */
+/* Grows the node to at least `end` bytes (-EBUSY while a job refuses
+ * resizes).  Serialised: two growing writes must not truncate each other
+ * back. */
 static int coroutine_fn grow_to(BlockExport *exp, int64_t end)
 {
-    int ret = 0;
-
-    co_mutex_lock(&exp->grow_lock);
-    if (blk_getlength(exp->blk) < end) {
-        ret = blk_co_truncate(exp->blk, end, true, NULL);
-    }
-    co_mutex_unlock(&exp->grow_lock);
-    return ret;
+    return fuse_export_resize(exp, end, true);
 }
 
 static int coroutine_fn set_size(BlockExport *exp, uint64_t size)
 {
     int64_t length = blk_getlength(exp->blk);
-    int ret;
 
     if (length < 0) {
         return length;
@@ -265,10 +258,7 @@ static int coroutine_fn set_size(BlockExport *exp, uint64_t size)
     if (!exp->growable || size > BDRV_MAX_LENGTH) {
         return -EINVAL;
     }
-    co_mutex_lock(&exp->grow_lock);
-    ret = blk_co_truncate(exp->blk, size, true, NULL);
-    co_mutex_unlock(&exp->grow_lock);
-    return ret;
+    return fuse_export_resize(exp, size, false);
 }
 
 static void set_time(struct timespec *t, uint64_t sec, uint32_t nsec, bool now)
@@ -390,8 +380,11 @@ static void coroutine_fn do_read(FuseRequest *req)
 
 /*
  * How many of `size` bytes at `offset` a write may touch: grows the node
- * when growable, else writes up to the end (a short write) or fails with
- * ENOSPC when starting at or after it.  Returns bytes or -errno.
+ * when growable (-EBUSY, nothing written, while a job refuses resizes: a
+ * whole failure rather than a short write, see diskstack-fuse(7)), else
+ * writes up to the end (a short write) or fails with ENOSPC when starting
+ * at or after it.  Returns bytes or -errno.  Inside the end: one length
+ * check, no lock.
  */
 static int64_t coroutine_fn write_extent(BlockExport *exp, uint64_t offset,
                                          uint64_t size)

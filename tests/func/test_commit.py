@@ -337,19 +337,6 @@ class ActiveCommit(JobCase):
         self.verify(self.top, self.expected_start, [
             (self.top, self.mid), (self.mid, self.base), (self.base, None)])
 
-    def test_growable_export_refused_cleanly(self):
-        """As mirror: the job shares no resize on top, which a growable
-        export holds; the refusal leaves base read-only and no job."""
-        self.add_chain(growable=True)
-        self.refused('block-commit', {
-            'job-id': 'a8', 'device': 'top', 'filter-node-name': 'ctop'},
-            "Conflicts with use by job 'a8' as 'root', which does not allow "
-            "'resize' on top (wanted by node 'ctop' as 'file')")
-        self.assertTrue(self.node('base')['ro'])
-        self.assertEqual(self.ok('query-jobs'), [])
-        self.verify(self.top, self.expected_start, [
-            (self.top, self.mid), (self.mid, self.base), (self.base, None)])
-
     def test_busy_while_ready(self):
         self.add_chain()
         self.assertEqual(self.ok('block-commit', {
