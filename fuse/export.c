@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include <linux/fuse.h>
 
+#include "block-events.h"
 #include "block-gs.h"
 #include "block-io.h"
 #include "options.h"
@@ -815,6 +816,8 @@ void coroutine_fn block_export_del(BlockExport *exp) GS
     blk_co_drain(exp->blk);
     close_queues(exp);
     blk_co_unref(exp->blk);
+    /* however it went: block-export-del, a lost mount, the daemon's exit */
+    block_event_post("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", exp->id));
     export_free(exp);
 }
 

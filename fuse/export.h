@@ -25,7 +25,8 @@ typedef struct BlockExport BlockExport;
  * mounted, no permission for /dev/fuse, node unknown, permission conflict).
  */
 BlockExport *coroutine_fn block_export_add(json_t *def, Error **errp) GS;
-/* Unmounts, drains, releases the node.  Returns when no request is left. */
+/* Unmounts, drains, releases the node, then posts BLOCK_EXPORT_DELETED
+ * (block-events.h).  Returns when no request is left. */
 void coroutine_fn block_export_del(BlockExport *exp) GS;
 BlockExport *block_export_find(const char *id) GS;
 BlockExport *block_export_next(BlockExport *prev) GS;

@@ -11,9 +11,10 @@
  *   exports), loop_run(loop_main()).
  *
  *   A signal, daemon_shutdown() (an export's mount went away, a fatal error)
- *   or a failed start() runs the shutdown coroutine: delete every export
- *   (unmount + drain), bdrv_co_close_all() (flush + close), destroy the
- *   IOThreads, stop the main loop.  daemon_run() then returns the exit code.
+ *   or a failed start() runs the shutdown coroutine: QMP stops running
+ *   commands (its events still go out), cancel every job, delete every
+ *   export (unmount + drain), bdrv_co_close_all() (flush + close), close
+ *   the QMP socket, destroy the IOThreads, stop the main loop.  daemon_run() then returns the exit code.
  *
  * Threading: everything here runs on the main thread.  daemon_run() takes the
  * global lock itself; start() and the callbacks it installs are GS code.
@@ -45,9 +46,6 @@ typedef struct DaemonConfig {
      */
     int coroutine_fn (*start)(void *opaque, Error **errp);
     void *opaque;
-    /* GS (main loop, global lock), optional: called first thing in the
-     * shutdown coroutine (serve closes its QMP socket there). */
-    void (*stop)(void *opaque);
     /* --daemonize: fork; the parent exits once start() has finished (0 when
      * it succeeded, the child's exit code otherwise); the child runs in its
      * own session with stdin/stdout/stderr on /dev/null after start-up.

@@ -28,6 +28,7 @@
 #include "fuse/export.h"
 #include "jobs/job.h"
 #include "loop/loop.h"
+#include "qmp/server.h"
 #include "util/threads.h"
 
 /* Signals after which a third one forces an immediate exit. */
@@ -140,15 +141,14 @@ static void coroutine_fn shutdown_co(void *opaque)
 {
     global_lock_assert_held();
     GS_CODE();
-    if (d.config->stop) {
-        d.config->stop(d.config->opaque);
-    }
+    qmp_server_quiesce();       /* a client sees the shutdown's events */
     /* Before the nodes close: a job still holds its nodes and has requests
      * in flight on them; cancelled, it drains them and lets go (a mirror
      * target is then closed like any node, its metadata written back). */
     job_co_cancel_all();
     delete_exports();
     bdrv_co_close_all();
+    qmp_server_stop();
     destroy_iothreads();
     loop_stop(loop_main());
 }

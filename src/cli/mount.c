@@ -345,13 +345,6 @@ static int start_qmp(MountArgs *a, Error **errp) GS
     return qmp_server_start(path, errp);
 }
 
-/* DaemonConfig.stop (GS): closes the QMP socket first thing at shutdown. */
-static void mount_stop(void *opaque) GS
-{
-    GS_CODE();
-    qmp_server_stop();
-}
-
 /* DaemonConfig.start (GS, coroutine on the main loop). */
 static int coroutine_fn mount_start(void *opaque, Error **errp) GS
 {
@@ -497,7 +490,6 @@ int cmd_mount(int argc, char **argv)
     }
     config.n_iothreads = a.iothreads;
     config.start = mount_start;
-    config.stop = mount_stop;
     config.opaque = &a;
     ret = daemon_run(&config);
     /* The export is gone (unmounted) by now, so this is our plain file. */

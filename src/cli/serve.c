@@ -354,13 +354,6 @@ static int coroutine_fn serve_start(void *opaque, Error **errp) GS
     return 0;
 }
 
-/* DaemonConfig.stop (GS): closes the QMP socket first thing at shutdown. */
-static void serve_stop(void *opaque) GS
-{
-    GS_CODE();
-    qmp_server_stop();
-}
-
 /* The pidfile path made absolute now, while the cwd is the user's. */
 static bool resolve_pidfile(ServeArgs *s)
 {
@@ -451,7 +444,6 @@ int cmd_serve(int argc, char **argv)
         config.named_iothreads = s.iothread_ids;
         config.n_named_iothreads = s.n_iothread_ids;
         config.start = serve_start;
-        config.stop = serve_stop;
         config.opaque = &s;
         config.daemonize = s.daemonize;
         ret = daemon_run(&config);

@@ -1,8 +1,8 @@
 /*
  * cmd-export.c — QMP commands on exports: block-export-add, block-export-del,
- * query-block-exports, x-diskstack-export-resume, and the
- * BLOCK_EXPORT_DELETED event.  (BLOCK_IO_ERROR is posted by the export's
- * I/O code, fuse/io-error.c.)
+ * query-block-exports, x-diskstack-export-resume.  (BLOCK_EXPORT_DELETED is
+ * posted by block_export_del() whatever deleted the export, BLOCK_IO_ERROR
+ * by the export's I/O code, fuse/io-error.c.)
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -32,7 +32,6 @@ static void coroutine_fn delete_gone_export_co(void *opaque)
     if (exp && !daemon_stopping()) {
         fprintf(stderr, "diskstack: export '%s' was unmounted; removing it\n", id);
         daemon_co_delete_export(exp);
-        qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
     }
     free(id);
 }
@@ -194,7 +193,6 @@ static BlockExport *find_export_arg(json_t *args, Error **errp) GS
 
 static json_t *coroutine_fn block_export_del_cmd(json_t *args, Error **errp)
 {
-    const char *id = json_string_value(json_object_get(args, "id"));
     BlockExport *exp;
 
     global_lock_assert_held();
@@ -203,8 +201,7 @@ static json_t *coroutine_fn block_export_del_cmd(json_t *args, Error **errp)
     if (!exp) {
         return NULL;
     }
-    daemon_co_delete_export(exp);
-    qmp_emit_event("BLOCK_EXPORT_DELETED", json_pack("{s:s}", "id", id));
+    daemon_co_delete_export(exp);      /* BLOCK_EXPORT_DELETED, then the reply */
     return json_object();
 }
 

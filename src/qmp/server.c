@@ -116,6 +116,7 @@ static struct {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     QmpClient *clients;
     int nclients;           /* connected (socket) clients on the list */
+    bool quiesced;          /* shutting down: no new commands, events go on */
 } qs = { .listen_fd = -1 };
 
 static void client_on_readable(void *opaque);
@@ -752,7 +753,7 @@ static bool handle_message(QmpClient *c, const char *text, size_t len) GS
 static void client_process(QmpClient *c) GS
 {
     GS_CODE();
-    while (!c->closed && !c->busy && !c->dropped) {
+    while (!c->closed && !c->busy && !c->dropped && !qs.quiesced) {
         size_t start, len;
         const char *err = NULL;
         FrameResult r = frame_next(&c->in, &start, &len, &err);
@@ -1003,16 +1004,30 @@ int qmp_server_start(const char *path, Error **errp)
     return 0;
 }
 
-void qmp_server_stop(void)
+/* GS: no new clients; the socket file goes. */
+static void close_listener(void) GS
 {
     GS_CODE();
-    block_event_set_sink(NULL);
     if (qs.listen_fd >= 0) {
         loop_remove_fd_handler(loop_main(), qs.listen_fd);
         close(qs.listen_fd);
         qs.listen_fd = -1;
         unlink(qs.path);
     }
+}
+
+void qmp_server_quiesce(void)
+{
+    GS_CODE();
+    qs.quiesced = true;
+    close_listener();
+}
+
+void qmp_server_stop(void)
+{
+    GS_CODE();
+    block_event_set_sink(NULL);
+    close_listener();
     while (qs.clients) {
         QmpClient *c = qs.clients;
         /* A busy client stays listed until its command ends: unlink it now

@@ -16,6 +16,12 @@
 /* Listens on a unix socket at path (mode 0600).  Refuses a path that exists
  * unless it is a stale socket (nobody accepts on it). */
 int qmp_server_start(const char *path, Error **errp) GS;
+/* For a shutdown: closes the listener and removes the socket file; the
+ * connected clients' further commands are not run (their input stays
+ * unread), but events still reach them — a client sees the
+ * BLOCK_JOB_CANCELLED and BLOCK_EXPORT_DELETED of the shutdown, as with
+ * qemu-storage-daemon.  qmp_server_stop() follows. */
+void qmp_server_quiesce(void) GS;
 /* Closes the listener, removes the socket file and disconnects the clients
  * (a client whose command is running is closed when it finishes).  Safe to
  * call more than once. */
