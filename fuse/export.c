@@ -534,9 +534,9 @@ static uint64_t export_perm(const BlockExport *exp)
  * A request that grows or shrinks the node (a write or fallocate past the
  * end, a truncate) takes the resize permission on the export's backend,
  * truncates, and drops the permission again.  Permissions are GS: the
- * request coroutine (I/O, on its IOThread) schedules the change as a bottom
- * half on the main loop and waits for it on a CoEvent, as job_error_action
- * does; it never runs GS code itself.  grow_lock serialises the whole
+ * request coroutine (I/O, on its IOThread) has the change made on the main
+ * loop and waits for it (co_run_on_main_loop); it never runs GS code
+ * itself.  grow_lock serialises the whole
  * take-truncate-drop sequence: one resize at a time per export, the others
  * wait for the lock and then look at the length again, so a grower that
  * finds the node already long enough does nothing (and takes nothing).
@@ -559,10 +559,9 @@ typedef struct ResizePermCall {
     bool take;
     int ret;
     Error *err;
-    CoEvent done;
 } ResizePermCall;
 
-/* GS: a bottom half on the main loop, scheduled by set_resize_perm(). */
+/* GS: a bottom half on the main loop, run by set_resize_perm(). */
 static void resize_perm_bh(void *opaque)
 {
     ResizePermCall *c = opaque;
@@ -571,7 +570,6 @@ static void resize_perm_bh(void *opaque)
 
     global_lock_assert_held();
     c->ret = blk_set_perm(exp->blk, perm, export_shared_perm(exp), &c->err);
-    co_event_set(&c->done);                 /* c is gone after this */
 }
 
 /* I/O, in a request coroutine holding grow_lock: takes (take) or drops
@@ -581,9 +579,7 @@ static int coroutine_fn set_resize_perm(BlockExport *exp, bool take,
 {
     ResizePermCall c = { .exp = exp, .take = take };
 
-    co_event_init(&c.done);
-    loop_schedule(loop_main(), resize_perm_bh, &c);
-    co_event_wait(&c.done);
+    co_run_on_main_loop(resize_perm_bh, &c);
     if (c.err) {
         error_propagate(errp, c.err);
     }

@@ -45,7 +45,6 @@ typedef struct JobErrorReport {
     BlockErrorAction action;
     bool is_read;
     int error;
-    CoEvent done;
 } JobErrorReport;
 
 /* Main loop (bottom half): the GS half of job_error_action(). */
@@ -69,7 +68,6 @@ static void job_error_bh(void *opaque)
                                                : JOB_IOSTATUS_FAILED;
         }
     }
-    co_event_set(&r->done);                 /* r is gone after this */
 }
 
 BlockErrorAction coroutine_fn job_error_action(Job *job, BlockdevOnError on_err,
@@ -93,9 +91,7 @@ BlockErrorAction coroutine_fn job_error_action(Job *job, BlockdevOnError on_err,
         r.action = BLOCK_ERROR_ACTION_REPORT;
         break;
     }
-    co_event_init(&r.done);
-    loop_schedule(loop_main(), job_error_bh, &r);
-    co_event_wait(&r.done);
+    co_run_on_main_loop(job_error_bh, &r);
     return r.action;
 }
 

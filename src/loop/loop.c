@@ -174,6 +174,30 @@ void loop_schedule(Loop *loop, LoopFn *fn, void *opaque)
     loop_schedule_bh(loop, bh, fn, opaque);
 }
 
+typedef struct MainLoopCall {
+    LoopFn *fn;
+    void *opaque;
+    CoEvent done;
+} MainLoopCall;
+
+/* Bottom half on the main loop: the call, then its caller goes on. */
+static void main_loop_call_bh(void *opaque)
+{
+    MainLoopCall *c = opaque;
+
+    c->fn(c->opaque);
+    co_event_set(&c->done);             /* c is gone after this */
+}
+
+void coroutine_fn co_run_on_main_loop(LoopFn *fn, void *opaque)
+{
+    MainLoopCall c = { .fn = fn, .opaque = opaque };
+
+    co_event_init(&c.done);
+    loop_schedule(loop_main(), main_loop_call_bh, &c);
+    co_event_wait(&c.done);
+}
+
 void loop_kick(Loop *loop)
 {
     uint64_t one = 1;

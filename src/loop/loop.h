@@ -42,6 +42,11 @@ bool loop_iterate(Loop *loop, bool blocking);
 
 /* Thread-safe: runs fn(opaque) on loop's thread soon (a bottom half). */
 void loop_schedule(Loop *loop, LoopFn *fn, void *opaque);
+/* A coroutine on any loop: runs fn(opaque) as a bottom half on the main
+ * loop (GS: main thread, global lock held) and returns once it has run.
+ * For I/O code that needs one GS step (a permission change, an event with
+ * a job state change) without blocking its thread. */
+void coroutine_fn co_run_on_main_loop(LoopFn *fn, void *opaque);
 void loop_kick(Loop *loop);
 
 /* Monotonic clock in ns. */
