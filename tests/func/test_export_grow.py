@@ -27,7 +27,7 @@ import threading
 
 import test_commit
 from common import (MiB, FALLOC_FL_ZERO_RANGE, fallocate, pread_all,
-                    pwrite_all, read_file, run_qemu_img)
+                    pwrite_all, read_file, run_qemu_img, write_at)
 from test_mirror import SIZE as MIRROR_SIZE, MirrorCase
 from test_qmp_snapshot import SnapshotCase
 from test_stream import SLOW, JobCase
@@ -117,17 +117,9 @@ class RefusedWhileJob:
         reference."""
         data = random.Random(9).randbytes(BLOCK)
         size = len(reference)
-        pwrite_all_path(mp, data, size + BLOCK)
+        write_at(mp, size + BLOCK, data)
         self.assertEqual(os.stat(mp).st_size, size + 2 * BLOCK)
         return bytes(reference) + bytes(BLOCK) + data
-
-
-def pwrite_all_path(path, data, offset):
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        pwrite_all(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 class Grow(SnapshotCase):

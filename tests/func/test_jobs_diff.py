@@ -69,7 +69,7 @@ import unittest
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, force_unmount,
                     run_qemu_img, wait_for)
 from qmp import TIMEOUT as QMP_TIMEOUT, QmpClient
-from test_qmp_diff import compare_graph
+from test_qmp_diff import check_script_on_qsd, compare_graph
 
 SIZE = 8 * MiB
 EVENT_TIMEOUT = 15.0
@@ -1050,22 +1050,6 @@ def compare_images(script, qdir, ddir, out):
         if cq != cd:
             out.append(('diff', 'image ' + img, 'qemu-img check: QEMU %s, diskstack %s'
                         % (cq, cd)))
-
-
-def check_script_on_qsd(records):
-    """The script's own sanity: qemu-storage-daemon does what it says."""
-    wrong = []
-    for r in records:
-        if r['kind'] == 'died':
-            wrong.append('%s: qemu-storage-daemon died: %s' % (r['label'], r['error']))
-        elif r['kind'] == 'cmd' and 'expect' in r:
-            got = 'error' if 'error' in r['reply'] else 'ok'
-            if got != r['expect']:
-                wrong.append('%s: expected %s, QEMU replied %s'
-                             % (r['label'], r['expect'], json.dumps(r['reply'])[:300]))
-        elif r['kind'] == 'wait' and r['event'] is None:
-            wrong.append('%s: QEMU sent no such event' % r['label'])
-    return wrong
 
 
 def format_report(diffs):

@@ -705,8 +705,8 @@ def check_script_on_qsd(records):
             if got != r['expect']:
                 wrong.append('%s: expected %s, QEMU replied %s'
                              % (r['label'], r['expect'], json.dumps(r['reply'])[:300]))
-        elif r['kind'] == 'event' and r['event'] is None:
-            wrong.append('%s: QEMU sent no event' % r['label'])
+        elif r['kind'] in ('event', 'wait') and r['event'] is None:
+            wrong.append('%s: QEMU sent no such event' % r['label'])
         elif r['kind'] == 'io' and 'oserror' in r['observed']:
             wrong.append('%s: %s' % (r['label'], r['observed']['oserror']))
     return wrong
