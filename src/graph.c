@@ -49,6 +49,7 @@ void block_init(void)
     { extern const BlockDriver bdrv_qcow2; bdrv_register(&bdrv_qcow2); }
     { extern const BlockDriver bdrv_throttle; bdrv_register(&bdrv_throttle); }
     { extern const BlockDriver bdrv_inject; bdrv_register(&bdrv_inject); }
+    { extern const BlockDriver bdrv_copy_on_read; bdrv_register(&bdrv_copy_on_read); }
 }
 
 const BlockDriver *driver_lookup(const char *name)

@@ -7,6 +7,7 @@
 
 #include "block-gs.h"
 #include "jobs/block-job.h"
+#include "loop/loop.h"
 
 struct BlockJobNode {
     BlockJob *bjob;
@@ -155,4 +156,23 @@ BlockJob *block_job_holding(BlockNode *bs)
         }
     }
     return NULL;
+}
+
+int block_job_check_not_busy(BlockNode *bs, Error **errp)
+{
+    GS_CODE();
+    BlockJob *bjob = block_job_holding(bs);
+
+    if (bjob) {
+        error_setg(errp, "Node '%s' is busy: block device is in use by "
+                   "block job: %s", bs->node_name, bjob->job.driver->type);
+        return -EBUSY;
+    }
+    return 0;
+}
+
+IOThread *block_job_default_iothread(void)
+{
+    GS_CODE();
+    return iothread_count() > 0 ? iothread_nth(0) : NULL;
 }

@@ -60,5 +60,12 @@ void coroutine_fn block_job_early_fail(BlockJob *bjob) GS;
 bool block_job_holds_node(BlockJob *bjob, BlockNode *bs) GS;
 /* The block job holding bs, or NULL. */
 BlockJob *block_job_holding(BlockNode *bs) GS;
+/* 0, or -EBUSY with QEMU's op blocker message ("Node 'x' is busy: block
+ * device is in use by block job: TYPE") when a block job holds bs. */
+int block_job_check_not_busy(BlockNode *bs, Error **errp) GS;
+/* The IOThread a block job's coroutine runs on: the first one (QEMU runs
+ * a job in its node's AioContext; here every node serves any thread), or
+ * NULL (the main loop) when the daemon has none. */
+IOThread *block_job_default_iothread(void) GS;
 
 #endif

@@ -16,8 +16,16 @@
  * released when the job's backends go.  In clean (success or not) base
  * goes back to read-only if the job opened it read-write.
  *
+ * The filter.  For the job's life a pass-through commit_top node
+ * (commit-top.c, QEMU's) sits between the overlay and top: the overlay's
+ * backing edge reaches top through it.  It is named by filter-node-name
+ * (else "#blockNNN") and leaves the graph before prepare changes the
+ * chain, or in clean whatever the outcome.
+ *
  * Threading: commit_start and the finalization callbacks are GS (main
- * thread, coroutines on the main loop); run is the job's coroutine.
+ * thread, coroutines on the main loop); run is the job's coroutine on the
+ * first IOThread (the main loop without one): it takes the graph read
+ * lock itself and calls no GS helper.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -27,8 +35,6 @@
 #include "driver.h"
 #include "jobs/stream.h"
 
-#define COMMIT_CHUNK (512 * 1024)   /* QEMU's COMMIT_BUFFER_SIZE */
-
 typedef struct CommitJob {
     BlockJob common;
     /* Constant while the job exists (the job's backends hold the nodes). */
@@ -37,45 +43,13 @@ typedef struct CommitJob {
     BlockBackend *base_blk;      /* write (and resize when base is shorter) */
     BlockdevOnError on_error;
     bool base_was_ro;            /* GS: reopen base read-only in clean */
-    ChainFreeze frozen;          /* GS: the overlay's backing edges to base */
+    ChainFreeze frozen;          /* GS: the overlay's chain edges to base */
+    BlockNode *filter;           /* GS: commit_top above top (a reference);
+                                  * NULL once it left the graph */
     char *backing_file;
 } CommitJob;
 
 /* ------------------------------------------------------------ the copy */
-
-/* I/O: copies [off, off+bytes) from top's view into base; *is_read says
- * which half failed. */
-static int coroutine_fn commit_copy(CommitJob *s, int64_t off, int64_t bytes,
-                                    void *buf, bool *is_read)
-{
-    IOVector v;
-
-    iov_init_buf(&v, buf, bytes);
-    *is_read = true;
-    int ret = blk_co_preadv(s->top_blk, off, bytes, &v, 0);
-    if (ret < 0) {
-        return ret;
-    }
-    *is_read = false;
-    return blk_co_pwritev(s->base_blk, off, bytes, &v, 0);
-}
-
-/* I/O: one chunk from off: *n bytes handled, *copied if data moved. */
-static int coroutine_fn commit_chunk(CommitJob *s, int64_t off, int64_t bytes,
-                                     void *buf, int64_t *n, bool *copied,
-                                     bool *is_read)
-{
-    *copied = false;
-    *is_read = true;
-    bdrv_graph_co_rdlock();
-    int ret = chain_is_allocated_above(s->top, s->base, off, bytes, n);
-    bdrv_graph_co_rdunlock();
-    if (ret > 0) {
-        ret = commit_copy(s, off, *n, buf, is_read);
-        *copied = ret == 0;
-    }
-    return ret < 0 ? ret : 0;
-}
 
 /* I/O: base at least as long as top (QEMU grows it the same way). */
 static int coroutine_fn commit_grow_base(CommitJob *s, int64_t len,
@@ -88,58 +62,37 @@ static int coroutine_fn commit_grow_base(CommitJob *s, int64_t len,
 }
 
 /*
- * run — lock: none; in flight: the job's own requests only; threads: the
- * job's coroutine.  QEMU's commit_run: on an error, report fails the job,
- * stop and ignore retry the chunk (stop after the pause).
+ * run — lock: none (the chunks take the graph read lock); in flight: the
+ * job's own requests only; threads: the job's coroutine on its IOThread.
+ * QEMU's commit_run: on an error, report fails the job, stop and ignore
+ * retry the chunk (stop after the pause).
  */
 static int coroutine_fn commit_run(Job *job, Error **errp)
 {
     CommitJob *s = (CommitJob *)job;
-    int64_t len = blk_getlength(s->top_blk), n = 0, delay = 0;
-    void *buf = NULL;
+    ChainCopy c = {
+        .src = s->top_blk, .dst = s->base_blk, .write_flags = 0,
+        .top = s->top, .base = s->base,
+        .needs_copy = chain_is_allocated_above,
+        .on_error = s->on_error, .ignore_skips = false,
+    };
 
-    int ret = commit_grow_base(s, len, errp);
-    if (ret < 0 || posix_memalign(&buf, 4096, COMMIT_CHUNK)) {
-        return ret < 0 ? ret : -ENOMEM;
-    }
-    job_progress_set_remaining(job, len);
-    for (int64_t off = 0; off < len; off += n) {
-        bool copied, is_read;
-        n = 0;
-        if (job_sleep_ns(job, delay)) {
-            break;
-        }
-        delay = 0;
-        ret = commit_chunk(s, off, MIN(COMMIT_CHUNK, len - off), buf, &n,
-                           &copied, &is_read);
-        if (ret < 0) {
-            BlockErrorAction a = job_error_action(job, s->on_error, is_read, ret);
-            n = 0;
-            if (a == BLOCK_ERROR_ACTION_REPORT) {
-                break;
-            }
-            ret = 0;
-            continue;
-        }
-        job_progress_update(job, n);
-        if (copied) {
-            delay = job_ratelimit_delay_ns(job, n);
-        }
-    }
-    free(buf);
-    return ret;
+    int ret = commit_grow_base(s, blk_getlength(s->top_blk), errp);
+    return ret < 0 ? ret : chain_copy_loop(job, &c);
 }
 
 /* ------------------------------------------------------------ finalization */
 
 /* prepare — lock: GS, coroutine on the main loop; in flight: none of the
- * job's; threads: main.  base becomes the overlay's backing. */
+ * job's; threads: main.  The filter goes, then base becomes the overlay's
+ * backing. */
 static int coroutine_fn commit_prepare(Job *job) GS
 {
     CommitJob *s = (CommitJob *)job;
     Error *err = NULL;
 
     chain_thaw(&s->frozen);
+    chain_drop_filter(&s->filter, s->top);
     int ret = chain_replace_backing(s->overlay, s->base, s->backing_file, &err);
     if (ret < 0) {
         error_propagate(&job->err, err);
@@ -148,12 +101,13 @@ static int coroutine_fn commit_prepare(Job *job) GS
 }
 
 /* clean — lock: GS, coroutine on the main loop; in flight: none of the
- * job's; threads: main.  Success or not. */
+ * job's; threads: main.  Success or not; also undoes a failed start. */
 static void coroutine_fn commit_clean(Job *job) GS
 {
     CommitJob *s = (CommitJob *)job;
 
     chain_thaw(&s->frozen);
+    chain_drop_filter(&s->filter, s->top);
     chain_restore_ro(&s->common, s->base, &s->base_was_ro);
     bdrv_co_unref(s->base);
     bdrv_co_unref(s->overlay);
@@ -201,8 +155,8 @@ static int coroutine_fn commit_hold_nodes(CommitJob *s, Error **errp) GS
     return s->base_blk ? 0 : -EBUSY;
 }
 
-/* GS, coroutine: everything the job needs before it starts; on error the
- * caller undoes it with commit_undo_setup(). */
+/* GS, coroutine: everything the job needs before it starts, commit_top
+ * inserted; on error the caller undoes it with commit_undo_setup(). */
 static int coroutine_fn commit_setup(CommitJob *s, Error **errp) GS
 {
     int ret = chain_open_rw(s->base, &s->base_was_ro, errp);
@@ -217,11 +171,23 @@ static int coroutine_fn commit_setup(CommitJob *s, Error **errp) GS
 
 static void coroutine_fn commit_undo_setup(CommitJob *s) GS
 {
-    chain_thaw(&s->frozen);
-    chain_restore_ro(&s->common, s->base, &s->base_was_ro);
-    bdrv_co_unref(s->base);
-    bdrv_co_unref(s->overlay);
+    commit_clean(&s->common.job);
     block_job_early_fail(&s->common);
+}
+
+/* GS, coroutine: commit_top named name (NULL: automatic) above top; NULL
+ * with *errp set and nothing changed. */
+static BlockNode *coroutine_fn commit_insert_filter(BlockNode *top,
+                                                    const char *name,
+                                                    Error **errp) GS
+{
+    BlockNode *filter = bdrv_co_open_internal(&bdrv_commit_top, name, errp);
+
+    if (filter && bdrv_co_insert_filter(filter, top, errp) < 0) {
+        bdrv_co_unref(filter);
+        return NULL;
+    }
+    return filter;
 }
 
 int coroutine_fn commit_start(const ChainJobParams *p, BlockNode *overlay,
@@ -231,16 +197,25 @@ int coroutine_fn commit_start(const ChainJobParams *p, BlockNode *overlay,
     if (chain_check_not_busy(top, chain_next(base), errp) < 0) {
         return -EBUSY;
     }
+    BlockNode *filter = commit_insert_filter(top, p->filter_node_name, errp);
+    if (!filter) {
+        return -EINVAL;
+    }
     CommitJob *s = block_job_create(p->job_id, &commit_driver, top,
                                     BLK_PERM_CONSISTENT_READ, CHAIN_SHARED,
                                     p->speed, p->auto_finalize,
-                                    p->auto_dismiss, NULL, errp);
+                                    p->auto_dismiss,
+                                    block_job_default_iothread(), errp);
     if (!s) {
+        if (bdrv_co_remove_filter(filter, top, NULL) == 0) {
+            bdrv_co_unref(filter);
+        }
         return -EINVAL;
     }
     s->overlay = overlay;
     s->top = top;
     s->base = base;
+    s->filter = filter;
     bdrv_ref(base);              /* for commit_clean's reopen */
     bdrv_ref(overlay);           /* for prepare's graph change */
     s->top_blk = block_job_blk(&s->common);

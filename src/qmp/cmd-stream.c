@@ -11,13 +11,11 @@
  *
  * job-id has no default here: a node is not a device with a name, so QEMU
  * asks for one too ("An explicit job ID is required").  filter-node-name
- * is refused by stream and intermediate commit: neither inserts a filter
- * node (stream serialises its copy in the format, commit writes only
- * backing files nobody else writes), and a script that names one expects
- * to find that node in the graph.  Active commit (top is device) is a
- * mirror job of type "commit" (mirror_start_commit()), as QEMU's
- * commit_active_start; its mirror-top filter takes filter-node-name
- * (without it, an automatic hidden name).
+ * names the filter the job inserts for its life (without it, an automatic
+ * hidden "#blockNNN" name), as QEMU: stream's copy-on-read above the
+ * device, intermediate commit's commit_top above top.  Active commit (top
+ * is device) is a mirror job of type "commit" (mirror_start_commit()), as
+ * QEMU's commit_active_start; its filter is mirror-top.
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
  */
@@ -68,19 +66,7 @@ static BlockNode *find_overlay(BlockNode *top, BlockNode *node) GS
     return NULL;
 }
 
-/* QEMU's filter-node-name: only an active commit inserts a filter. */
-static bool no_filter(json_t *args, Error **errp)
-{
-    if (str_arg(args, "filter-node-name")) {
-        error_setg(errp, "Parameter 'filter-node-name': this job inserts no "
-                   "filter node in diskstack");
-        return false;
-    }
-    return true;
-}
-
-/* The arguments both commands share; false with *errp on a bad one
- * (filter-node-name is the caller's). */
+/* The arguments both commands share; false with *errp on a bad one. */
 static bool common_params(json_t *args, ChainJobParams *p, Error **errp)
 {
     const char *on_error = str_arg(args, "on-error");
@@ -88,6 +74,7 @@ static bool common_params(json_t *args, ChainJobParams *p, Error **errp)
     json_t *ad = json_object_get(args, "auto-dismiss");
 
     p->job_id = str_arg(args, "job-id");
+    p->filter_node_name = str_arg(args, "filter-node-name");
     p->backing_file = str_arg(args, "backing-file");
     p->speed = json_integer_value(json_object_get(args, "speed"));
     p->on_error = on_error ? blockdev_on_error_parse(on_error)
@@ -174,7 +161,7 @@ static json_t *coroutine_fn block_stream(json_t *args, Error **errp)
     if (!exclusive(args, "base", "base-node", fmt, errp) ||
         !exclusive(args, "base", "bottom", fmt, errp) ||
         !exclusive(args, "bottom", "base-node", fmt, errp) ||
-        !common_params(args, &p, errp) || !no_filter(args, errp)) {
+        !common_params(args, &p, errp)) {
         return NULL;
     }
     BlockNode *bs = lookup(device, device, errp);
@@ -245,8 +232,7 @@ static BlockNode *commit_base(json_t *args, BlockNode *top, Error **errp) GS
 
 /* GS, coroutine: block-commit of the active layer top into base. */
 static int coroutine_fn commit_active(const ChainJobParams *p, BlockNode *top,
-                                      BlockNode *base, const char *filter,
-                                      Error **errp) GS
+                                      BlockNode *base, Error **errp) GS
 {
     if (p->backing_file) {
         error_setg(errp, "'backing-file' specified, but 'top' is the active "
@@ -258,7 +244,7 @@ static int coroutine_fn commit_active(const ChainJobParams *p, BlockNode *top,
         .sync = MIRROR_SYNC_TOP, .speed = p->speed,
         .on_source_error = p->on_error, .on_target_error = p->on_error,
         .auto_finalize = p->auto_finalize, .auto_dismiss = p->auto_dismiss,
-        .filter_node_name = filter,
+        .filter_node_name = p->filter_node_name,
     };
     if (!m.job_id) {
         error_setg(errp, "An explicit job ID is required");
@@ -297,11 +283,7 @@ static json_t *coroutine_fn block_commit(json_t *args, Error **errp)
         return NULL;
     }
     if (top == bs) {
-        return commit_active(&p, top, base, str_arg(args, "filter-node-name"),
-                             errp) < 0 ? NULL : json_object();
-    }
-    if (!no_filter(args, errp)) {
-        return NULL;
+        return commit_active(&p, top, base, errp) < 0 ? NULL : json_object();
     }
     BlockNode *overlay = find_overlay(bs, top);
     return commit_start(&p, overlay, top, base, errp) < 0 ? NULL : json_object();

@@ -9,6 +9,11 @@ and is read-only again.  Also pause/resume with blockdev-del of chain nodes
 refused, the error policies with an inject node under mid, and argument
 errors (qemu-storage-daemon 7.2's messages).
 
+CommitFilter: the commit_top node the job puts between top and mid
+(filter-node-name, or an automatic name) is in the graph while the job runs
+(paused to look), gone after a completion and after a cancel; a duplicate
+name is refused with the graph unchanged.
+
 ActiveCommit: the active layer top (the exported node) committed into base
 while the export is written: ready, job-complete under writes, then the
 export serves base (read-write now, as QEMU leaves it), base's content is
@@ -168,6 +173,102 @@ class Commit(JobCase):
             self.refused('block-commit', args, desc, cls or 'GenericError')
         self.refused('block-commit', {'device': 'top', 'top-node': 'mid'},
                      'An explicit job ID is required')
+        self.assertTrue(self.node('base')['ro'])
+        self.assertEqual(self.ok('query-jobs'), [])
+        self.quit()
+
+
+class CommitFilter(JobCase):
+
+    node = Commit.node
+    verify_commit = Commit.verify_commit
+
+    def setUp(self):
+        super().setUp()
+        self.mid_view = self.raw_of(self.mid)
+
+    def paused_commit(self, job, **extra):
+        args = {'job-id': job, 'device': 'top', 'top-node': 'mid',
+                'base-node': 'base', 'speed': 1}
+        args.update(extra)
+        self.assertEqual(self.ok('block-commit', args), {})
+        self.assertEqual(self.ok('job-pause', {'id': job}), {})
+        self.wait_status(job, 'paused')
+
+    def test_named_filter_while_paused(self):
+        self.add_chain()
+        before = self.drivers()
+        self.paused_commit('cf', **{'filter-node-name': 'ctop'})
+        self.assertEqual(self.drivers(), dict(before, ctop='commit_top'))
+        # the overlay reads its backing through the filter
+        self.assertBytesEqual(read_file(self.mp), self.expected_start,
+                              'export with the filter in place')
+        self.refused('block-commit', {'job-id': 'x', 'device': 'top',
+                                      'top-node': 'mid',
+                                      'filter-node-name': 'y'},
+                     "Node 'mid' is busy: block device is in use by block "
+                     "job: commit")
+        self.assertEqual(self.ok('block-job-set-speed',
+                                 {'device': 'cf', 'speed': 0}), {})
+        self.assertEqual(self.ok('job-resume', {'id': 'cf'}), {})
+        ev = self.c.event('BLOCK_JOB_COMPLETED')
+        self.assertNotIn('error', ev['data'])
+        self.assertEqual(self.drivers(), before)
+        self.verify_commit(self.expected_start)
+
+    def test_automatic_filter_name_under_writes(self):
+        self.add_chain()
+        before = self.drivers()
+        names = []
+
+        def look(rounds):
+            self.assertEqual(self.ok('job-pause', {'id': 'cg'}), {})
+            self.wait_status('cg', 'paused')
+            names.extend(n for n in self.drivers() if n not in before)
+            self.assertEqual(self.ok('block-job-set-speed',
+                                     {'device': 'cg', 'speed': SLOW}), {})
+            self.assertEqual(self.ok('job-resume', {'id': 'cg'}), {})
+        # 1 byte/s until look() has seen the filter
+        ev, content = self.run_job('block-commit', {
+            'job-id': 'cg', 'device': 'top', 'top-node': 'mid',
+            'speed': 1}, after=look)
+        self.assertNotIn('error', ev['data'])
+        self.assertEqual(len(names), 1)
+        self.assertTrue(names[0].startswith('#block'), names)
+        self.assertEqual(self.drivers(), before)
+        self.verify_commit(content)
+
+    def test_named_filter_under_writes(self):
+        self.add_chain()
+        ev, content = self.run_job('block-commit', {
+            'job-id': 'ch', 'device': 'top', 'top-node': 'mid',
+            'base-node': 'base', 'speed': SLOW, 'filter-node-name': 'ctop'})
+        self.assertNotIn('error', ev['data'])
+        self.assertNotIn('ctop', self.drivers())
+        self.verify_commit(content)
+
+    def test_cancel_removes_the_filter(self):
+        self.add_chain()
+        before = self.graph()
+        self.paused_commit('ci', **{'filter-node-name': 'ctop'})
+        self.assertEqual(self.ok('job-cancel', {'id': 'ci'}), {})
+        self.wait_status('ci', 'null')
+        self.assertEqual(self.graph(), before)
+        self.verify(self.top, self.expected_start,
+                    [(self.top, self.mid), (self.mid, self.base),
+                     (self.base, None)])
+
+    def test_duplicate_name_refused(self):
+        self.add_chain()
+        self.refused('block-commit', {'job-id': 'cj', 'device': 'top',
+                                      'top-node': 'mid',
+                                      'filter-node-name': 'top'},
+                     "Duplicate nodes with node-name='top'")
+        # refused by the job core once the filter is in: it goes again
+        self.refused('block-commit', {'job-id': 'cj', 'device': 'top',
+                                      'top-node': 'mid', 'speed': -1,
+                                      'filter-node-name': 'ctop'},
+                     "Parameter 'speed' expects a non-negative value")
         self.assertTrue(self.node('base')['ro'])
         self.assertEqual(self.ok('query-jobs'), [])
         self.quit()

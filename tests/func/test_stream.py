@@ -14,6 +14,13 @@ of top during the stream, a read-only intermediate streamed, a chain opened
 from the image headers; and the event sequence of one simple stream compared
 with qemu-storage-daemon's.
 
+StreamFilter: the copy-on-read filter the job inserts above top
+(filter-node-name, or an automatic name): visible while the job runs, gone
+after; a read through the export of a paused stream copies into top
+(`qemu-img map`); a duplicate name refused with the graph unchanged.
+CopyOnReadNode: blockdev-add driver=copy-on-read over a chain, exported and
+written and read by threads: reads populate top down to `bottom`.
+
 JobCase is the shared base of test_commit.py."""
 
 import os
@@ -25,7 +32,7 @@ import unittest
 from common import (MiB, Daemon, diskstack_bin, pwrite_all, random_io_workers,
                     read_file, run_qemu_img, wait_for)
 from qmp import QmpClient
-from test_qmp_snapshot import SnapshotCase
+from test_qmp_snapshot import SnapshotCase, qemu_img_json
 
 SIZE = 8 * MiB
 SLOW = 4 * MiB          # bytes/s: the copy lasts while the writers run
@@ -153,6 +160,28 @@ class JobCase(SnapshotCase):
 
     def node_names(self):
         return sorted(n['node-name'] for n in self.ok('query-named-block-nodes'))
+
+    def drivers(self):
+        """node-name -> driver of every named node."""
+        return {n['node-name']: n['drv']
+                for n in self.ok('query-named-block-nodes')}
+
+    def depths(self, img, start, length):
+        """The layers (qemu-img map depth: 0 is img itself, None: nowhere)
+        that [start, start+length) of img's chain comes from."""
+        out = set()
+        for e in qemu_img_json('map', '-U', '--output=json', img):
+            if e['start'] < start + length and e['start'] + e['length'] > start:
+                out.add(e['depth'] if e.get('present', True) else None)
+        return out
+
+    def fsync_export(self):
+        """Metadata the daemon caches reaches the image files."""
+        fd = os.open(self.mp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class Stream(JobCase):
@@ -376,6 +405,194 @@ class Stream(JobCase):
                 args['job-id'] = 'j'
             self.refused('block-stream', args, desc)
         self.assertEqual(self.ok('query-jobs'), [])
+        self.quit()
+
+
+class StreamFilter(JobCase):
+
+    def paused_stream(self, job, **extra):
+        """A stream of top down to base, almost not moving (1 byte/s: it
+        copies at most one chunk, then sleeps), paused."""
+        args = {'job-id': job, 'device': 'top', 'base-node': 'base',
+                'speed': 1}
+        args.update(extra)
+        self.assertEqual(self.ok('block-stream', args), {})
+        self.assertEqual(self.ok('job-pause', {'id': job}), {})
+        self.wait_status(job, 'paused')
+
+    def finish(self, job):
+        self.assertEqual(self.ok('block-job-set-speed',
+                                 {'device': job, 'speed': 0}), {})
+        self.assertEqual(self.ok('job-resume', {'id': job}), {})
+        ev = self.c.event('BLOCK_JOB_COMPLETED')
+        self.assertNotIn('error', ev['data'])
+
+    def test_named_filter_while_paused_and_read_copies_up(self):
+        self.add_chain()
+        before = self.node_names()
+        self.paused_stream('sf', **{'filter-node-name': 'cor'})
+        self.assertEqual(self.drivers().get('cor'), 'copy-on-read')
+        self.refused('blockdev-del', {'node-name': 'cor'},
+                     "Node 'cor' is not owned by the monitor")
+        # mid's data at 2M..3M: not copied by the job yet (its first copy
+        # is 1M..1.5M), copied by a read through the export
+        self.fsync_export()
+        self.assertEqual(self.depths(self.top, 2 * MiB, MiB), {1})
+        with open(self.mp, 'rb') as f:
+            f.seek(2 * MiB)
+            self.assertEqual(f.read(MiB), self.expected_start[2 * MiB:3 * MiB])
+        self.fsync_export()
+        self.assertEqual(self.depths(self.top, 2 * MiB, MiB), {0})
+        # base's data below the filter's bottom is not copied up
+        with open(self.mp, 'rb') as f:
+            f.seek(4 * MiB)
+            self.assertEqual(f.read(MiB), self.expected_start[4 * MiB:5 * MiB])
+        self.fsync_export()
+        self.assertEqual(self.depths(self.top, 4 * MiB, MiB), {2})
+        self.finish('sf')
+        self.assertEqual(self.node_names(), before)
+        self.verify(self.top, self.expected_start,
+                    [(self.top, self.base), (self.base, None)])
+
+    def test_automatic_filter_name(self):
+        self.add_chain()
+        before = self.drivers()
+        self.paused_stream('sg')
+        added = {n: d for n, d in self.drivers().items() if n not in before}
+        self.assertEqual(list(added.values()), ['copy-on-read'])
+        self.assertTrue(list(added)[0].startswith('#block'))
+        self.finish('sg')
+        self.assertEqual(self.drivers(), before)
+        self.verify(self.top, self.expected_start,
+                    [(self.top, self.base), (self.base, None)])
+
+    def test_named_filter_under_writes(self):
+        """Writers and readers through the filter while the job copies."""
+        self.add_chain()
+        ev, content = self.run_job('block-stream', {
+            'job-id': 'sh', 'device': 'top', 'speed': SLOW,
+            'filter-node-name': 'cor'})
+        self.assertNotIn('error', ev['data'])
+        self.assertNotIn('cor', self.node_names())
+        self.verify(self.top, content, [(self.top, None)])
+
+    def test_cancel_removes_the_filter(self):
+        self.add_chain()
+        before = self.graph()
+        self.paused_stream('si', **{'filter-node-name': 'cor'})
+        self.assertEqual(self.ok('job-cancel', {'id': 'si'}), {})
+        self.wait_status('si', 'null')
+        self.assertEqual(self.graph(), before)
+        self.verify(self.top, self.expected_start,
+                    [(self.top, self.mid), (self.mid, self.base),
+                     (self.base, None)])
+
+    def test_duplicate_and_bad_filter_names_refused(self):
+        """QEMU's messages; refused() checks that the graph (the named
+        nodes) is unchanged, and no job was left behind."""
+        self.add_chain()
+        self.refused('block-stream', {'job-id': 'sj', 'device': 'top',
+                                      'filter-node-name': 'mid'},
+                     "Duplicate nodes with node-name='mid'")
+        self.refused('block-stream', {'job-id': 'sj', 'device': 'top',
+                                      'filter-node-name': '#x'},
+                     "Invalid node-name: '#x'")
+        # refused by the job core once the filter is in: it goes again
+        self.refused('block-stream', {'job-id': '1sj', 'device': 'top',
+                                      'filter-node-name': 'cor'},
+                     "Invalid job ID '1sj'")
+        self.assertEqual(self.ok('query-jobs'), [])
+        # a read-only intermediate stays read-only after a refusal
+        self.refused('block-stream', {'job-id': 'sj', 'device': 'mid',
+                                      'filter-node-name': 'base'},
+                     "Duplicate nodes with node-name='base'")
+        mid = [n for n in self.ok('query-named-block-nodes')
+               if n['node-name'] == 'mid'][0]
+        self.assertTrue(mid['ro'])
+        self.assertEqual(self.ok('query-jobs'), [])
+        self.quit()
+
+
+class CopyOnReadNode(JobCase):
+    """blockdev-add driver=copy-on-read over base <- mid <- top."""
+
+    def add_cor(self, **extra):
+        self.add_named('base', self.base, None, ro=True)
+        self.add_named('mid', self.mid, 'base', ro=True)
+        self.add_named('top', self.top, 'mid')
+        d = {'driver': 'copy-on-read', 'node-name': 'cor', 'file': 'top'}
+        d.update(extra)
+        self.assertEqual(self.ok('blockdev-add', d), {})
+        self.mp = self.path('cor.img')
+        open(self.mp, 'w').close()
+        self.ok('block-export-add', {'type': 'fuse', 'id': 'e-cor',
+                                     'node-name': 'cor', 'mountpoint': self.mp,
+                                     'writable': True})
+
+    def read_under_writes(self):
+        """Threads write and read the export; then everything is read once.
+        Returns the content the writers left."""
+        reference = bytearray(self.expected_start)
+        errors = random_io_workers(self.mp, reference, 2, 40, seed=7,
+                                   max_size=256 * 1024)
+        self.assertEqual(errors, [])
+        self.assertBytesEqual(read_file(self.mp), bytes(reference),
+                              'export after the writers')
+        return bytes(reference)
+
+    def verify_top(self, content):
+        """After quit: top alone (its backing chain as it was) shows
+        content, check is clean."""
+        self.quit()
+        ref = self.save(content)
+        r = run_qemu_img('compare', '-U', '-f', 'qcow2', '-F', 'raw',
+                         self.top, ref)
+        self.assertEqual(r.returncode, 0, r.stdout.decode() + r.stderr.decode())
+        for img in (self.top, self.mid, self.base):
+            self.check_clean(img)
+        self.assertEqual(self.backing_chain(self.top), [
+            (self.top, self.mid), (self.mid, self.base), (self.base, None)])
+
+    def test_whole_chain_copied_up(self):
+        self.add_cor()
+        self.assertEqual(self.drivers()['cor'], 'copy-on-read')
+        content = self.read_under_writes()
+        self.fsync_export()
+        # everything any layer had is in top now (what nobody had: nowhere)
+        self.assertEqual(self.depths(self.top, 0, 6 * MiB), {0})
+        self.verify_top(content)
+
+    def test_bottom_limits_the_copy(self):
+        self.add_cor(bottom='mid')
+        # the chain down to bottom is frozen while the node exists
+        self.refused('blockdev-reopen', {'options': [{
+            'driver': 'qcow2', 'node-name': 'top', 'file': 'top-f',
+            'backing': None}]},
+            "Cannot change frozen 'backing' link from 'top' to 'mid'")
+        self.assertEqual(read_file(self.mp), self.expected_start)
+        self.fsync_export()
+        self.assertEqual(self.depths(self.top, 1 * MiB, 3 * MiB), {0})
+        self.assertEqual(self.depths(self.top, 5 * MiB, MiB), {0})
+        self.assertEqual(self.depths(self.top, 0, MiB), {2})
+        self.assertEqual(self.depths(self.top, 4 * MiB, MiB), {2})
+        content = self.read_under_writes()
+        self.verify_top(content)
+
+    def test_refusals(self):
+        self.add_named('base', self.base, None, ro=True)
+        self.add_named('mid', self.mid, 'base', ro=True)
+        self.add_named('top', self.top, 'mid')
+        cases = [
+            ({'bottom': 'nope'}, "Bottom node 'nope' not found"),
+            ({'bottom': 'top-f'}, "Bottom node 'top-f' is not in the backing "
+             "chain of 'top'"),
+            ({'file': 'mid'},
+             "Node 'cor', child 'file': Block node is read-only"),
+        ]
+        for extra, desc in cases:
+            d = {'driver': 'copy-on-read', 'node-name': 'cor', 'file': 'top'}
+            d.update(extra)
+            self.refused('blockdev-add', d, desc)
         self.quit()
 
 
