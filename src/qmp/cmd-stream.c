@@ -221,11 +221,11 @@ static BlockNode *commit_base(json_t *args, BlockNode *top, Error **errp) GS
         }
         return b;
     }
+    /* the bottom of the chain: top itself without a backing, which the
+     * caller refuses as QEMU does ("cannot commit an image into itself") */
+    b = top;
     for (BlockNode *bs = chain_next(top); bs; bs = chain_next(bs)) {
         b = bs;
-    }
-    if (!b) {
-        error_setg(errp, "There is no backimg image");
     }
     return b;
 }

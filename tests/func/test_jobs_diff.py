@@ -539,10 +539,6 @@ KNOWN_BUGS = {
     ('errors', 'block-commit without job-id'):
         "QEMU 7.2 says \"Invalid job ID ''\"; diskstack 'An explicit job ID "
         "is required'",
-    ('errors', 'block-commit of a node without backing'):
-        "QEMU says 'cannot commit an image into itself' (the base defaults to "
-        "the bottom of the chain, the node itself); diskstack 'There is no "
-        "backimg image'",
     ('errors', 'stillborn job m'):
         "QEMU sends JOB_STATUS_CHANGE created then null for the mirror into "
         "its own file (the job exists before the permission check fails); "
