@@ -216,35 +216,6 @@ static int coroutine_fn cor_co_preadv(BlockNode *bs, int64_t offset,
     return 0;
 }
 
-/*
- * co_pwritev, co_pwrite_zeroes, co_pdiscard — lock: graph read lock; in
- * flight: yes, any number; threads: any, at once.  Pass through.
- */
-static int coroutine_fn cor_co_pwritev(BlockNode *bs, int64_t offset,
-                                       int64_t bytes, IOVector *qiov,
-                                       size_t qiov_offset,
-                                       BdrvRequestFlags flags) GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset, flags);
-}
-
-static int coroutine_fn cor_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
-                                             int64_t bytes,
-                                             BdrvRequestFlags flags)
-    GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
-}
-
-static int coroutine_fn cor_co_pdiscard(BlockNode *bs, int64_t offset,
-                                        int64_t bytes) GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_pdiscard(bs->file, offset, bytes);
-}
-
 const BlockDriver bdrv_copy_on_read = {
     .format_name = "copy-on-read",
     .instance_size = sizeof(CorState),
@@ -256,9 +227,9 @@ const BlockDriver bdrv_copy_on_read = {
     .child_perm = cor_child_perm,
 
     .co_preadv = cor_co_preadv,
-    .co_pwritev = cor_co_pwritev,
-    .co_pwrite_zeroes = cor_co_pwrite_zeroes,
-    .co_pdiscard = cor_co_pdiscard,
+    .co_pwritev = filter_co_pwritev,        /* writes pass through */
+    .co_pwrite_zeroes = filter_co_pwrite_zeroes,
+    .co_pdiscard = filter_co_pdiscard,
     .co_flush = filter_co_flush,
     .co_block_status = filter_co_block_status,
     .co_truncate = filter_co_truncate,

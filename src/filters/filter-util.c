@@ -35,6 +35,37 @@ int coroutine_fn filter_co_truncate(BlockNode *bs, int64_t offset, bool exact,
     return ret;
 }
 
+int coroutine_fn filter_co_preadv(BlockNode *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset,
+                                  BdrvRequestFlags flags) GRAPH_RDLOCK
+{
+    IO_CODE();
+    return bdrv_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
+}
+
+int coroutine_fn filter_co_pwritev(BlockNode *bs, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset,
+                                   BdrvRequestFlags flags) GRAPH_RDLOCK
+{
+    IO_CODE();
+    return bdrv_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset, flags);
+}
+
+int coroutine_fn filter_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                         int64_t bytes, BdrvRequestFlags flags)
+    GRAPH_RDLOCK
+{
+    IO_CODE();
+    return bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
+}
+
+int coroutine_fn filter_co_pdiscard(BlockNode *bs, int64_t offset,
+                                    int64_t bytes) GRAPH_RDLOCK
+{
+    IO_CODE();
+    return bdrv_co_pdiscard(bs->file, offset, bytes);
+}
+
 int coroutine_fn filter_co_flush(BlockNode *bs) GRAPH_RDLOCK
 {
     return 0;

@@ -23,6 +23,23 @@ int coroutine_fn filter_co_truncate(BlockNode *bs, int64_t offset, bool exact,
                                     Error **errp) GRAPH_RDLOCK;
 
 /*
+ * co_preadv, co_pwritev, co_pwrite_zeroes, co_pdiscard of a filter that
+ * passes them through unchanged — lock: graph read lock; in flight: yes,
+ * any number; threads: any, at once.
+ */
+int coroutine_fn filter_co_preadv(BlockNode *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset,
+                                  BdrvRequestFlags flags) GRAPH_RDLOCK;
+int coroutine_fn filter_co_pwritev(BlockNode *bs, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset,
+                                   BdrvRequestFlags flags) GRAPH_RDLOCK;
+int coroutine_fn filter_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
+                                         int64_t bytes, BdrvRequestFlags flags)
+    GRAPH_RDLOCK;
+int coroutine_fn filter_co_pdiscard(BlockNode *bs, int64_t offset,
+                                    int64_t bytes) GRAPH_RDLOCK;
+
+/*
  * co_flush of a filter — lock: graph read lock; in flight: yes; threads:
  * any.  Nothing is cached in a filter; io.c flushes the child.
  */

@@ -18,24 +18,11 @@
 #include "filters/filter-util.h"
 #include "jobs/stream.h"
 
-/*
- * co_preadv — lock: graph read lock (I/O); in flight: yes, any number;
- * threads: any, at once.  Passes through.
- */
-static int coroutine_fn commit_top_co_preadv(BlockNode *bs, int64_t offset,
-                                             int64_t bytes, IOVector *qiov,
-                                             size_t qiov_offset,
-                                             BdrvRequestFlags flags) GRAPH_RDLOCK
-{
-    IO_CODE();
-    return bdrv_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
-}
-
 const BlockDriver bdrv_commit_top = {
     .format_name = "commit_top",
     .is_filter = true,
 
-    .co_preadv = commit_top_co_preadv,
+    .co_preadv = filter_co_preadv,     /* reads pass through */
     .co_flush = filter_co_flush,
     .co_block_status = filter_co_block_status,
 };

@@ -69,7 +69,7 @@ import unittest
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, force_unmount,
                     run_qemu_img, wait_for)
 from qmp import TIMEOUT as QMP_TIMEOUT, QmpClient
-from test_qmp_diff import check_script_on_qsd, compare_graph
+from test_qmp_diff import check_script_on_qsd, compare_graph, substitute
 
 SIZE = 8 * MiB
 EVENT_TIMEOUT = 15.0
@@ -598,16 +598,6 @@ VOLATILE_JOB_KEYS = {'current-progress', 'total-progress', 'len', 'offset', 'bus
 
 
 # ---------------------------------------------------------------- targets
-
-def substitute(value, directory):
-    if isinstance(value, str):
-        return value.replace('{D}', directory)
-    if isinstance(value, dict):
-        return {k: substitute(v, directory) for k, v in value.items()}
-    if isinstance(value, list):
-        return [substitute(v, directory) for v in value]
-    return value
-
 
 def qemu_io(img, *cmds):
     args = ['qemu-io', '-f', 'qcow2']
