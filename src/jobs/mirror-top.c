@@ -14,12 +14,12 @@
  * it is copied once more; a write that completed before the take is
  * covered by the read.
  *
- * In write-blocking mode (copy-mode, block-job-change) a data write that
- * succeeded on the source is written to the target too before it
- * completes (mirror_co_active_write), and its range stays clean; when that
- * cannot be done safely (a background copy of an overlapping range is in
- * flight) or fails, the range is marked dirty as in background mode.
- * Write-zeroes and discards are always left to the background copy.
+ * In write-blocking mode (copy-mode, block-job-change) a data write,
+ * write-zeroes or discard goes to the source and the target at the same
+ * time and completes when both have it (mirror_co_guest_request); its
+ * range stays clean.  When that cannot be done safely (a background copy
+ * of an overlapping range is in flight) or a side fails, the range is
+ * marked dirty as in background mode.
  *
  * Resizing the source while it is mirrored is refused (-ENOTSUP), as QEMU
  * refuses it through its permissions.
@@ -40,7 +40,28 @@
 typedef struct MirrorTopState {
     DirtyBitmap *_Atomic bitmap;
     void *_Atomic active;        /* the job, in write-blocking mode */
+    _Atomic uint64_t guest_writes;   /* mirror_top_guest_writes() */
+    _Atomic uint64_t guest_done;
 } MirrorTopState;
+
+uint64_t mirror_top_guest_writes(BlockNode *filter, uint64_t *in_flight)
+{
+    MirrorTopState *s = filter->opaque;
+    uint64_t done = atomic_load_explicit(&s->guest_done, memory_order_relaxed);
+    uint64_t started = atomic_load_explicit(&s->guest_writes, memory_order_relaxed);
+
+    *in_flight = started - done;
+    return started;
+}
+
+/* I/O: a guest write enters the filter (begin) or leaves it. */
+static void note_guest_write(BlockNode *bs, bool begin)
+{
+    MirrorTopState *s = bs->opaque;
+
+    atomic_fetch_add_explicit(begin ? &s->guest_writes : &s->guest_done, 1,
+                              memory_order_relaxed);
+}
 
 void mirror_top_set_active(BlockNode *filter, void *job)
 {
@@ -68,23 +89,29 @@ static void mark_dirty(BlockNode *bs, int64_t offset, int64_t bytes)
     }
 }
 
-/*
- * co_preadv — lock: graph read lock (I/O); in flight: yes, any number;
- * threads: any, at once.  Passes through.
- */
-static int coroutine_fn mirror_top_co_preadv(BlockNode *bs, int64_t offset,
-                                             int64_t bytes, IOVector *qiov,
-                                             size_t qiov_offset,
-                                             BdrvRequestFlags flags) GRAPH_RDLOCK
+/* I/O, graph read lock: a guest request through the filter (write-blocking:
+ * to the target too), its range marked dirty unless the target has it. */
+static int coroutine_fn guest_request(BlockNode *bs, const MirrorGuestReq *req)
+    GRAPH_RDLOCK
 {
-    IO_CODE();
-    return bdrv_co_preadv(bs->file, offset, bytes, qiov, qiov_offset, flags);
+    MirrorTopState *s = bs->opaque;
+    bool clean = false;
+
+    note_guest_write(bs, true);
+    int ret = mirror_co_guest_request(atomic_load(&s->active), bs->file, req,
+                                      &clean);
+    if (!clean) {
+        mark_dirty(bs, req->offset, req->bytes);
+    }
+    note_guest_write(bs, false);
+    return ret;
 }
 
 /*
  * co_pwritev, co_pwrite_zeroes, co_pdiscard — lock: graph read lock; in
- * flight: yes, any number; threads: any, at once.  Pass through, then mark
- * the range dirty.
+ * flight: yes, any number; threads: any, at once.  Pass through (in
+ * write-blocking mode to the target at the same time), then mark the
+ * range dirty unless the target has it.  Write-unchanged writes just pass.
  */
 static int coroutine_fn mirror_top_co_pwritev(BlockNode *bs, int64_t offset,
                                               int64_t bytes, IOVector *qiov,
@@ -92,19 +119,12 @@ static int coroutine_fn mirror_top_co_pwritev(BlockNode *bs, int64_t offset,
                                               BdrvRequestFlags flags) GRAPH_RDLOCK
 {
     IO_CODE();
-    MirrorTopState *s = bs->opaque;
-    int ret = bdrv_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset, flags);
-    void *job = atomic_load(&s->active);
-
     if (flags & BDRV_REQ_WRITE_UNCHANGED) {
-        return ret;
+        return bdrv_co_pwritev(bs->file, offset, bytes, qiov, qiov_offset, flags);
     }
-    /* write-blocking: the target gets it before the guest hears back */
-    if (ret < 0 || !job ||
-        !mirror_co_active_write(job, offset, bytes, qiov, qiov_offset)) {
-        mark_dirty(bs, offset, bytes);
-    }
-    return ret;
+    MirrorGuestReq req = { MIRROR_REQ_WRITE, offset, bytes, qiov, qiov_offset,
+                           flags };
+    return guest_request(bs, &req);
 }
 
 static int coroutine_fn mirror_top_co_pwrite_zeroes(BlockNode *bs, int64_t offset,
@@ -113,20 +133,16 @@ static int coroutine_fn mirror_top_co_pwrite_zeroes(BlockNode *bs, int64_t offse
     GRAPH_RDLOCK
 {
     IO_CODE();
-    int ret = bdrv_co_pwrite_zeroes(bs->file, offset, bytes, flags);
-
-    mark_dirty(bs, offset, bytes);
-    return ret;
+    MirrorGuestReq req = { MIRROR_REQ_ZERO, offset, bytes, NULL, 0, flags };
+    return guest_request(bs, &req);
 }
 
 static int coroutine_fn mirror_top_co_pdiscard(BlockNode *bs, int64_t offset,
                                                int64_t bytes) GRAPH_RDLOCK
 {
     IO_CODE();
-    int ret = bdrv_co_pdiscard(bs->file, offset, bytes);
-
-    mark_dirty(bs, offset, bytes);
-    return ret;
+    MirrorGuestReq req = { MIRROR_REQ_DISCARD, offset, bytes, NULL, 0, 0 };
+    return guest_request(bs, &req);
 }
 
 /*
@@ -147,7 +163,7 @@ const BlockDriver bdrv_mirror_top = {
     .instance_size = sizeof(MirrorTopState),
     .is_filter = true,
 
-    .co_preadv = mirror_top_co_preadv,
+    .co_preadv = filter_co_preadv,     /* reads pass through */
     .co_pwritev = mirror_top_co_pwritev,
     .co_pwrite_zeroes = mirror_top_co_pwrite_zeroes,
     .co_pdiscard = mirror_top_co_pdiscard,

@@ -17,9 +17,14 @@
  *                with target-is-zero; top: what the top layer allocates;
  *                none: nothing), then the copy loop: take dirty chunks (up
  *                to MAX_IO_BYTES each) and copy them in coroutines of their
- *                own, up to buf-size bytes in flight; wait for them, then a
- *                pause point (or the rate limit's sleep, which is one), so
- *                the job never parks with a request in flight.  A clean
+ *                own, up to buf-size bytes in flight, and start the next
+ *                as each completes (a full pipeline; while the guest
+ *                writes, a small window: guest_busy()).  When the bitmap
+ *                is clean, the rate limit says wait, a copy failed or a
+ *                pause, cancel or completion is asked for: wait for all of
+ *                them, then a pause point (or the rate limit's sleep,
+ *                which is one), so the job never parks with a request in
+ *                flight.  A clean
  *                bitmap with nothing in flight makes the job ready; it goes
  *                on copying what the guest dirties until job-complete or a
  *                cancel.
@@ -28,7 +33,10 @@
  *                same section move every parent of mirror-top to the target
  *                (complete) or back to the source (soft cancel after ready:
  *                the target is a point-in-time copy) and take mirror-top
- *                out.
+ *                out; with replaces (a node below the source through
+ *                filters), mirror-top's parents go back to the source and
+ *                then, still in the source's section, every parent of the
+ *                replaced node moves to the target.
  *   abort (GS)   failure or forced cancel: mirror-top out, parents back to
  *                the source.
  *
@@ -58,6 +66,7 @@
 
 #include "block-gs.h"
 #include "block-io.h"
+#include "driver.h"
 #include "jobs/block-job.h"
 #include "jobs/mirror.h"
 #include "jobs/stream.h"
@@ -69,6 +78,9 @@
 #define MIRROR_BLOCKED_NS         (1000 * 1000)     /* dirty, but all busy */
 #define MIRROR_RETRY_NS           (10 * 1000 * 1000)    /* after an ignored error */
 #define MIRROR_BUF_ALIGN          4096
+#define MIRROR_BUSY_WINDOW        (256 * 1024)  /* see guest_busy() */
+#define MIRROR_BUSY_WINDOW_WB     (128 * 1024)
+#define MIRROR_BUSY_HOLD_NS       (20 * 1000 * 1000)
 
 /* A range being written to the target: a background copy, or a guest
  * write in write-blocking mode.  Two never overlap (see mirror-top.c). */
@@ -87,7 +99,11 @@ typedef struct MirrorJob {
     MirrorSyncMode sync;
     BlockdevOnError on_source_error, on_target_error;
     bool target_is_zero;
+    bool unmap;                   /* zero regions as MAY_UNMAP write-zeroes */
     int64_t length, buf_size, max_io;
+    /* replaces: the node the target takes the place of (the source or
+     * below it through filters), with a reference; NULL: the source. */
+    BlockNode *to_replace;
 
     _Atomic bool should_complete;            /* job-complete asked */
 
@@ -106,9 +122,14 @@ typedef struct MirrorJob {
     bool ready;
     bool blocked;                 /* a dirty chunk overlapped a guest write */
 
+    uint64_t guest_writes_seen;   /* mirror_top_guest_writes() at the last look */
+    int64_t guest_seen_ns;        /* clock_ns() when a guest write was seen */
+
+    /* GS (written; the job loop reads it: atomic). */
+    _Atomic bool write_blocking;
+
     /* GS. */
     bool filter_removed;
-    bool write_blocking;
 
     /* GS.  Active commit (mirror_start_commit): base is the target, NULL
      * for a mirror. */
@@ -153,33 +174,84 @@ static void ranges_remove(MirrorJob *s, MirrorRange *r)
     pthread_mutex_unlock(&s->ranges_lock);
 }
 
+/* I/O, graph read lock: the guest's request on the source. */
+static int coroutine_fn source_request(BlockChild *src, const MirrorGuestReq *r)
+    GRAPH_RDLOCK
+{
+    switch (r->kind) {
+    case MIRROR_REQ_WRITE:
+        return bdrv_co_pwritev(src, r->offset, r->bytes, r->qiov, r->qiov_offset,
+                               r->flags);
+    case MIRROR_REQ_ZERO:
+        return bdrv_co_pwrite_zeroes(src, r->offset, r->bytes, r->flags);
+    default:
+        return bdrv_co_pdiscard(src, r->offset, r->bytes);
+    }
+}
+
+typedef struct TargetReq {
+    MirrorJob *s;
+    const MirrorGuestReq *req;
+    int ret;
+    CoEvent done;
+} TargetReq;
+
+/* I/O, a coroutine of its own on the guest request's thread: the same
+ * request on the target. */
+static void coroutine_fn target_request_co(void *opaque)
+{
+    TargetReq *t = opaque;
+    MirrorJob *s = t->s;
+    const MirrorGuestReq *r = t->req;
+
+    if (r->kind == MIRROR_REQ_WRITE) {
+        IOVector part;
+        iov_init(&part, r->qiov->niov);
+        iov_concat(&part, r->qiov, r->qiov_offset, r->bytes);
+        t->ret = blk_co_pwritev(s->tgt_blk, r->offset, r->bytes, &part, 0);
+        iov_destroy(&part);
+    } else if (r->kind == MIRROR_REQ_ZERO) {
+        BdrvRequestFlags flags = r->flags & (s->unmap ? BDRV_REQ_MAY_UNMAP : 0);
+        t->ret = blk_co_pwrite_zeroes(s->tgt_blk, r->offset, r->bytes, flags);
+    } else {
+        /* what a discarded range reads is undefined: QEMU discards the
+         * target too and calls the range clean */
+        t->ret = blk_co_pdiscard(s->tgt_blk, r->offset, r->bytes);
+    }
+    co_event_set(&t->done);
+}
+
 /*
- * The write-blocking path.  Why the ranges make it safe: a guest write W
- * has reached the source before it gets here.  If a background copy C of
- * an overlapping chunk is in flight, C may have read the source before W
- * and would overwrite W's data on the target after us: we give up and let
- * mirror-top mark the range dirty (C's chunk is copied again later).  If
- * W registers first, a copy of an overlapping chunk cannot start until W
- * is done (start_one puts the chunk back), and two overlapping guest
- * writes never go to the target at once (the second marks dirty).
+ * The write-blocking path.  Why the ranges make it safe: the guest request
+ * W registers its range before it goes anywhere.  If a background copy C
+ * of an overlapping chunk is in flight, C may read the source before W
+ * lands and write the old data to the target after W's: W goes to the
+ * source only and the caller marks the range dirty (copied again later).
+ * Once W is registered, a copy of an overlapping chunk cannot start until
+ * W is done on both sides (start_one puts the chunk back), and two
+ * overlapping guest requests never go to the target at once (the second
+ * goes to the source only and marks dirty).  So W can go to the source and
+ * the target at the same time: the guest waits for the slower of the two,
+ * not for their sum.
  */
-bool coroutine_fn mirror_co_active_write(void *job, int64_t offset, int64_t bytes,
-                                         IOVector *qiov, size_t qiov_offset)
+int coroutine_fn mirror_co_guest_request(void *job, BlockChild *src,
+                                         const MirrorGuestReq *req, bool *clean)
 {
     MirrorJob *s = job;
-    MirrorRange r = { offset, bytes, NULL };
-    IOVector part;
-    int ret;
+    MirrorRange r = { req->offset, req->bytes, NULL };
 
-    if (!ranges_try_add(s, &r)) {
-        return false;
+    if (!s || !ranges_try_add(s, &r)) {
+        *clean = false;
+        return source_request(src, req);
     }
-    iov_init(&part, qiov->niov);
-    iov_concat(&part, qiov, qiov_offset, bytes);
-    ret = blk_co_pwritev(s->tgt_blk, offset, bytes, &part, 0);
-    iov_destroy(&part);
+    TargetReq t = { s, req, 0, { 0 } };
+    co_event_init(&t.done);
+    co_spawn(target_request_co, &t);
+    int ret = source_request(src, req);
+    co_event_wait(&t.done);
     ranges_remove(s, &r);
-    return ret == 0;
+    *clean = ret == 0 && t.ret == 0;
+    return ret;
 }
 
 /* ------------------------------------------------------------ copying */
@@ -243,7 +315,8 @@ static int coroutine_fn copy_range(CopySource *cs, int64_t offset, int64_t bytes
         }
         if (zero) {
             *is_read = false;
-            ret = blk_co_pwrite_zeroes(s->tgt_blk, offset, n, BDRV_REQ_MAY_UNMAP);
+            ret = blk_co_pwrite_zeroes(s->tgt_blk, offset, n,
+                                       s->unmap ? BDRV_REQ_MAY_UNMAP : 0);
         } else {
             IOVector qiov;
             if (!buf && posix_memalign(&buf, MIRROR_BUF_ALIGN, s->max_io)) {
@@ -292,22 +365,23 @@ static void coroutine_fn mirror_op_co(void *opaque)
     ranges_remove(s, &op->range);
     s->in_flight--;
     s->bytes_in_flight -= op->bytes;
-    if (s->in_flight == 0 && s->waiting) {
+    if (s->waiting) {           /* wait_one() or wait_batch() */
         s->waiting = false;
         co_wake(s->main_co);
     }
     free(op);
 }
 
-/* Job loop: takes the next dirty chunk after the cursor (wrapping) and
- * starts its copy.  Returns its length, 0 when nothing is dirty. */
-static int64_t coroutine_fn start_one(MirrorJob *s)
+/* Job loop: takes the next dirty chunk (up to max bytes) after the cursor
+ * (wrapping) and starts its copy.  Returns its length, 0 when nothing is
+ * dirty. */
+static int64_t coroutine_fn start_one(MirrorJob *s, int64_t max)
 {
     int64_t len = 0;
-    int64_t off = dirty_bitmap_next_dirty(s->bitmap, s->cursor, s->max_io, &len);
+    int64_t off = dirty_bitmap_next_dirty(s->bitmap, s->cursor, max, &len);
 
     if (off < 0) {
-        off = dirty_bitmap_next_dirty(s->bitmap, 0, s->max_io, &len);
+        off = dirty_bitmap_next_dirty(s->bitmap, 0, max, &len);
     }
     if (off < 0 || len <= 0 || !dirty_bitmap_take(s->bitmap, off, len)) {
         return 0;
@@ -341,16 +415,54 @@ static void coroutine_fn wait_batch(MirrorJob *s)
     }
 }
 
-/* Job loop: starts a batch of copies (up to buf-size bytes); returns the
- * rate limit's delay before the next batch. */
+/* Job loop: waits until one copy in flight has completed. */
+static void coroutine_fn wait_one(MirrorJob *s)
+{
+    if (s->in_flight > 0) {
+        s->waiting = true;
+        co_yield();
+    }
+}
+
+/* Job loop: did the guest write through mirror-top in the last
+ * MIRROR_BUSY_HOLD_NS (a write started since the last look, or one is in
+ * there now)?  Then the copy yields the disks to it: a window of
+ * MIRROR_BUSY_WINDOW (write-blocking: _WB) bytes in flight in two
+ * requests, so that a guest request queues behind little copy I/O (in
+ * write-blocking mode its target write waits behind the copy's target
+ * writes).  Measured (tests/bench/mirror.sh): with 16 MiB of copy in
+ * flight a 4k guest write waited 3-12 ms in the device queue. */
+static bool guest_busy(MirrorJob *s)
+{
+    uint64_t in_flight = 0;
+    uint64_t n = mirror_top_guest_writes(s->filter, &in_flight);
+    int64_t now = clock_ns();
+    if (n != s->guest_writes_seen || in_flight > 0) {
+        s->guest_seen_ns = now;
+    }
+    s->guest_writes_seen = n;
+    return s->guest_seen_ns && now - s->guest_seen_ns < MIRROR_BUSY_HOLD_NS;
+}
+
+/* Job loop: starts copies until buf-size bytes (or the busy window) are in
+ * flight; returns the rate limit's delay before the next ones. */
 static int64_t coroutine_fn start_batch(MirrorJob *s)
 {
     Job *job = &s->common.job;
+    bool busy = guest_busy(s);
+    /* write-blocking: the guest's writes leave nothing dirty, the copy
+     * converges however small its window; background: a larger one, as
+     * the guest dirties what it writes */
+    int64_t busy_window = s->write_blocking ? MIRROR_BUSY_WINDOW_WB
+                                            : MIRROR_BUSY_WINDOW;
+    int64_t window = busy ? MIN(s->buf_size, busy_window) : s->buf_size;
+    int64_t chunk = busy ? MIN(s->max_io, busy_window / 2) : s->max_io;
 
+    chunk = MAX(chunk, dirty_bitmap_granularity(s->bitmap));
     /* A copy may fail without yielding: stop at the first error. */
-    while (!s->err && (s->bytes_in_flight + s->max_io <= s->buf_size ||
+    while (!s->err && (s->bytes_in_flight + chunk <= window ||
                        s->in_flight == 0)) {
-        int64_t len = start_one(s);
+        int64_t len = start_one(s, chunk);
         if (!len) {
             bool blocked = s->blocked;
             s->blocked = false;
@@ -438,6 +550,19 @@ static int coroutine_fn mirror_dirty_init(MirrorJob *s)
     }
 }
 
+/* Thread-safe: does a pause, a cancel or job-complete wait for the job to
+ * come to a pause point (with nothing in flight)? */
+static bool stop_wanted(MirrorJob *s)
+{
+    Job *job = &s->common.job;
+    bool stop;
+
+    pthread_mutex_lock(&job->lock);
+    stop = job->pause_count > 0 || job->cancelled;
+    pthread_mutex_unlock(&job->lock);
+    return stop || atomic_load(&s->should_complete);
+}
+
 /* Job loop: after a batch failed.  0: go on (retry), or the error. */
 static int coroutine_fn handle_batch_error(MirrorJob *s)
 {
@@ -475,6 +600,15 @@ static int coroutine_fn mirror_run(Job *job, Error **errp)
         int64_t delay = start_batch(s);
         bool cancel;
 
+        /* keep the pipeline full: refill as each copy completes, until
+         * the bitmap is clean, the rate limit or an error says wait, or a
+         * pause, cancel or completion wants the job at a pause point */
+        if (!delay && !s->err && s->in_flight > 0 && !stop_wanted(s)) {
+            job_progress_set_remaining(job, dirty_bitmap_count(s->bitmap) +
+                                       s->bytes_in_flight);
+            wait_one(s);
+            continue;
+        }
         wait_batch(s);
         if (s->err) {
             if ((ret = handle_batch_error(s)) < 0) {
@@ -512,6 +646,21 @@ static int coroutine_fn mirror_run(Job *job, Error **errp)
 
 /* ------------------------------------------------------------ the end */
 
+/* GS, graph read lock: is to_replace the source itself or below it
+ * through filters only (QEMU's bdrv_recurse_can_replace)?  Then the
+ * target, a copy of what the source shows, shows what to_replace showed. */
+static bool can_replace(BlockNode *source, BlockNode *to_replace) GRAPH_RDLOCK
+{
+    for (BlockNode *bs = source; bs;
+         bs = bs->drv->is_filter && bs->file ? bs->file->node : NULL) {
+        if (bs == to_replace) {
+            return true;
+        }
+    }
+    return false;
+}
+
+
 /* GS, coroutine: copies every dirty chunk left, the source quiesced. */
 static int coroutine_fn final_copy(MirrorJob *s) GS
 {
@@ -532,16 +681,100 @@ static int coroutine_fn final_copy(MirrorJob *s) GS
     return blk_co_flush(s->tgt_blk);
 }
 
-/* GS, coroutine: inside one section of source, mirror-top (and target on a
- * pivot): the last chunks, the job's backends go, mirror-top goes and its
- * parents move to `to`. */
+/* GS, graph write lock, from and to quiesced: every parent of from moves
+ * to to (QEMU's bdrv_replace_node), except the parents to reaches (to's
+ * own backing chain through from would become a loop).  On error the
+ * edges moved so far move back. */
+static int replace_node_locked(BlockNode *from, BlockNode *to, Error **errp)
+    GRAPH_WRLOCK GS
+{
+    int n = 0, moved = 0, ret = 0;
+
+    for (BlockChild *c = from->parents; c; c = c->next_parent) {
+        n++;
+    }
+    BlockChild **edges = calloc(n ? n : 1, sizeof(*edges));
+    if (!edges) {
+        error_setg(errp, "Out of memory");
+        return -ENOMEM;
+    }
+    n = 0;
+    for (BlockChild *c = from->parents; c; c = c->next_parent) {
+        if (!c->parent_node || !bdrv_node_reaches(to, c->parent_node)) {
+            edges[n++] = c;
+        }
+    }
+    while (moved < n && (ret = bdrv_replace_child_node(edges[moved], to, errp)) == 0) {
+        moved++;
+    }
+    if (ret < 0) {
+        while (moved-- > 0) {
+            bdrv_replace_child_node(edges[moved], from, NULL);
+        }
+    }
+    free(edges);
+    return ret;
+}
+
+/* GS, coroutine, the source quiesced (so every user of the graph above it
+ * waits): with replaces, the pivot moves to_replace's parents to the
+ * target (QEMU's mirror_exit_common).  A section of its own, after
+ * mirror-top left: a barrier filter between source and to_replace (a
+ * throttle node) would otherwise be counted quiesced from below while
+ * mirror-top's parents move onto it. */
+static int coroutine_fn replace_in_section(MirrorJob *s, Error **errp) GS
+{
+    BlockNode *nodes[] = { s->to_replace, s->target };
+    int ret;
+
+    bdrv_co_quiesce_nodes_begin(nodes, 2);
+    bdrv_graph_wrlock();
+    if (can_replace(s->source, s->to_replace)) {
+        ret = replace_node_locked(s->to_replace, s->target, errp);
+    } else {
+        error_setg(errp, "Can no longer replace '%s' by '%s', because it can "
+                   "no longer be guaranteed that doing so would not lead to an "
+                   "abrupt change of visible data", s->to_replace->node_name,
+                   s->target->node_name);
+        ret = -EPERM;
+    }
+    bdrv_graph_wrunlock();
+    bdrv_co_quiesce_nodes_end(nodes, 2);
+    return ret;
+}
+
+/* GS, coroutine, the source and mirror-top quiesced: mirror-top leaves the
+ * graph and its parents move to `to`. */
+static int coroutine_fn remove_filter_in_section(MirrorJob *s, BlockNode *to,
+                                                 Error **errp) GS
+{
+    int ret;
+
+    if (to != s->source) {
+        bdrv_co_quiesce_begin(to);
+    }
+    bdrv_graph_wrlock();
+    ret = bdrv_remove_filter_locked(s->filter, to, errp);
+    bdrv_graph_wrunlock();
+    if (to != s->source) {
+        bdrv_quiesce_end(to);
+    }
+    s->filter_removed = ret == 0;
+    return ret;
+}
+
+/* GS, coroutine: inside one section of source and mirror-top: the last
+ * chunks, the job's backends go, mirror-top goes and its parents move to
+ * the target (a pivot), or back to the source (no pivot, or a pivot with
+ * replaces, which then moves to_replace's parents to the target). */
 static int coroutine_fn finish_in_section(MirrorJob *s, bool pivot) GS
 {
-    BlockNode *nodes[] = { s->source, s->filter, pivot ? s->target : NULL };
+    BlockNode *nodes[] = { s->source, s->filter, s->target, s->to_replace };
+    bool replace = pivot && s->to_replace;
     Error *err = NULL;
     int ret;
 
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         if (nodes[i]) {
             bdrv_ref(nodes[i]);
         }
@@ -551,27 +784,22 @@ static int coroutine_fn finish_in_section(MirrorJob *s, bool pivot) GS
     mirror_top_set_active(s->filter, NULL);     /* nothing in flight there */
     ret = final_copy(s);
     block_job_remove_all_nodes(&s->common);
-    if (ret == 0 && pivot) {
-        bdrv_co_quiesce_begin(s->target);
-    }
     if (ret == 0) {
-        bdrv_graph_wrlock();
-        ret = bdrv_remove_filter_locked(s->filter, pivot ? s->target : s->source,
-                                        &err);
-        bdrv_graph_wrunlock();
-        if (ret == 0) {
-            s->filter_removed = true;
-        } else {
-            error_report_err(err);
-        }
-        if (pivot) {
-            bdrv_quiesce_end(s->target);
-        }
+        ret = remove_filter_in_section(s, pivot && !replace ? s->target : s->source,
+                                       &err);
+    }
+    if (ret == 0 && replace) {
+        ret = replace_in_section(s, &err);
+    }
+    if (ret < 0) {
+        error_report_err(err);
     }
     bdrv_quiesce_end(s->filter);
     bdrv_quiesce_end(s->source);
-    for (int i = 2; i >= 0; i--) {
-        bdrv_co_unref(nodes[i]);
+    for (int i = 3; i >= 0; i--) {
+        if (nodes[i]) {
+            bdrv_co_unref(nodes[i]);
+        }
     }
     return ret;
 }
@@ -635,6 +863,10 @@ static void coroutine_fn mirror_clean(Job *job) GS
     if (s->base) {
         chain_thaw(&s->frozen);
         chain_restore_ro(&s->common, s->base, &s->base_was_ro);
+    }
+    if (s->to_replace) {
+        bdrv_co_unref(s->to_replace);
+        s->to_replace = NULL;
     }
     bdrv_co_unref(s->target);
     bdrv_co_unref(s->source);
@@ -725,6 +957,48 @@ bool mirror_actively_synced(Job *job)
 
 /* ------------------------------------------------------------ start */
 
+/* GS: QEMU's op blocker message for a node a job holds (a mirror, an
+ * active commit, a stream or commit job's chain). */
+static int refuse_busy(BlockNode *bs, Error **errp) GS
+{
+    BlockJob *holder = block_job_holding(bs);
+
+    if (holder) {
+        error_setg(errp, "Node '%s' is busy: block device is in use by block "
+                   "job: %s", bs->node_name, holder->job.driver->type);
+        return -EBUSY;
+    }
+    return 0;
+}
+
+/* GS: the node named by replaces, with QEMU's checks (check_to_replace_
+ * node); the source when there is none.  NULL with *errp set. */
+static BlockNode *check_replaces(const MirrorParams *p, Error **errp) GS
+{
+    if (!p->replaces) {
+        return p->source;
+    }
+    BlockNode *bs = bdrv_find_node(p->replaces);
+    if (!bs) {
+        error_setg(errp, "Failed to find node with node-name='%s'", p->replaces);
+        return NULL;
+    }
+    if (bs != p->source && refuse_busy(bs, errp) < 0) {
+        return NULL;
+    }
+    bdrv_graph_rdlock_main_loop();
+    bool ok = can_replace(p->source, bs);
+    bdrv_graph_rdunlock_main_loop();
+    if (!ok) {
+        error_setg(errp, "Cannot replace '%s' by a node mirrored from '%s', "
+                   "because it cannot be guaranteed that doing so would not "
+                   "lead to an abrupt change of visible data",
+                   bs->node_name, p->source->node_name);
+        return NULL;
+    }
+    return bs;
+}
+
 /* GS: QEMU's argument checks. */
 static int check_params(const MirrorParams *p, bool commit, Error **errp) GS
 {
@@ -750,14 +1024,8 @@ static int check_params(const MirrorParams *p, bool commit, Error **errp) GS
     bdrv_graph_rdlock_main_loop();
     bool below = bdrv_node_reaches(p->source, p->target);
     bool above = bdrv_node_reaches(p->target, p->source);
-    bool mirrored = false;
-    for (BlockChild *c = p->source->parents; c; c = c->next_parent) {
-        mirrored |= c->parent_node && c->parent_node->drv == &bdrv_mirror_top;
-    }
     bdrv_graph_rdunlock_main_loop();
-    if (mirrored) {
-        error_setg(errp, "Node '%s' is busy: block device is in use by block "
-                   "job: mirror", p->source->node_name);
+    if (refuse_busy(p->source, errp) < 0) {
         return -EBUSY;
     }
     if (commit) {
@@ -863,6 +1131,10 @@ static int coroutine_fn mirror_start_common(const MirrorParams *p,
     if (check_params(p, base != NULL, errp) < 0) {
         return -EINVAL;
     }
+    BlockNode *to_replace = check_replaces(p, errp);
+    if (!to_replace) {
+        return -EINVAL;
+    }
     if (p->filter_node_name && bdrv_find_node(p->filter_node_name)) {
         error_setg(errp, "Duplicate nodes with node-name='%s'", p->filter_node_name);
         return -EEXIST;
@@ -904,6 +1176,11 @@ static int coroutine_fn mirror_start_common(const MirrorParams *p,
     s->on_source_error = p->on_source_error;
     s->on_target_error = p->on_target_error;
     s->target_is_zero = p->target_is_zero;
+    s->unmap = !p->no_unmap;
+    if (to_replace != p->source) {
+        bdrv_ref(to_replace);
+        s->to_replace = to_replace;
+    }
     s->length = len;
     s->buf_size = p->buf_size ? p->buf_size : MIRROR_DEFAULT_BUF_SIZE;
     s->max_io = MIRROR_MAX_IO_BYTES > g ? MIRROR_MAX_IO_BYTES : g;

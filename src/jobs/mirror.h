@@ -38,6 +38,14 @@ typedef struct MirrorParams {
     bool auto_finalize, auto_dismiss;
     bool target_is_zero;         /* x-diskstack-target-is-zero */
     bool write_blocking;         /* copy-mode write-blocking */
+    /* replaces: the node the target takes the place of on job-complete
+     * instead of the source; it must be the source or below it through
+     * filters only (QEMU's bdrv_recurse_can_replace).  NULL: the source. */
+    const char *replaces;
+    /* unmap=false (QMP's default is true, hence the inversion): zero
+     * regions reach the target as write-zeroes without MAY_UNMAP, so the
+     * target gets allocated zeroes instead of holes. */
+    bool no_unmap;
 } MirrorParams;
 
 /* GS, coroutine on the main loop: creates and starts the job (mirror-top
@@ -66,22 +74,44 @@ bool job_is_mirror(Job *job) GS;
  * before it completes (query-block-jobs "actively-synced"). */
 bool mirror_actively_synced(Job *job) GS;
 
-/* I/O, called by mirror-top in write-blocking mode after a guest write to
- * the source succeeded: writes the same data to the target.  Returns
- * false when it could not (a copy of an overlapping range in flight, or
- * the write failed): the caller marks the range dirty instead.  Any
- * thread. */
-bool coroutine_fn mirror_co_active_write(void *job, int64_t offset, int64_t bytes,
-                                         IOVector *qiov, size_t qiov_offset);
+/* A guest request mirror-top passes on. */
+typedef enum MirrorReqKind {
+    MIRROR_REQ_WRITE, MIRROR_REQ_ZERO, MIRROR_REQ_DISCARD,
+} MirrorReqKind;
+
+typedef struct MirrorGuestReq {
+    MirrorReqKind kind;
+    int64_t offset, bytes;
+    IOVector *qiov;              /* MIRROR_REQ_WRITE */
+    size_t qiov_offset;
+    BdrvRequestFlags flags;      /* the guest's (write, write-zeroes) */
+} MirrorGuestReq;
+
+/* I/O, graph read lock, any thread: the guest's request req on src
+ * (mirror-top's file child) and, in write-blocking mode (job: the job,
+ * else NULL), the same on the target at the same time: data as written,
+ * write-zeroes with the guest's MAY_UNMAP unless the job has unmap=false,
+ * discard as discard.  Returns the source's result; *clean is true when
+ * the target got it too, false when the caller must mark the range dirty
+ * (background mode, a copy of an overlapping range in flight, or either
+ * side failed). */
+int coroutine_fn mirror_co_guest_request(void *job, BlockChild *src,
+                                         const MirrorGuestReq *req, bool *clean)
+    GRAPH_RDLOCK;
 
 /* ---- mirror-top.c: the filter ---- */
 extern const BlockDriver bdrv_mirror_top;
 /* GS: the bitmap the filter marks (NULL: none); set before the filter is
  * inserted and cleared after it left the graph. */
 void mirror_top_set_bitmap(BlockNode *filter, DirtyBitmap *bitmap) GS;
-/* GS (or any thread: atomic): the job whose mirror_co_active_write() data
+/* GS (or any thread: atomic): the job whose mirror_co_guest_request() guest
  * writes go through (write-blocking mode), NULL: background mode.
  * Cleared while the filter is quiesced before the job's backends go. */
 void mirror_top_set_active(BlockNode *filter, void *job);
+/* Any thread: how many guest writes (data, zeroes, discards; not
+ * write-unchanged) have entered the filter so far, and (*in_flight) how
+ * many of them have not left it yet; the job watches them to give the
+ * guest the disks while it writes. */
+uint64_t mirror_top_guest_writes(BlockNode *filter, uint64_t *in_flight);
 
 #endif

@@ -3,7 +3,8 @@
  * names, defaults and messages:
  *
  *   drive-mirror    {job-id?, device, target (a file name), format?,
- *                    node-name?, replaces?, sync, mode?, speed?, ...}
+ *                    node-name?, replaces?, sync, mode?, speed?, unmap?,
+ *                    ...}
  *                   mode absolute-paths (default) creates the image (the
  *                   source's format unless format; backing: sync top the
  *                   source's backing, none the source itself, full none),
@@ -19,7 +20,11 @@
  *                    x-diskstack-target-is-zero?}
  *
  * job-id defaults to the device name; sync is required; the error
- * policies default to report; copy-mode to background.  target-is-zero is
+ * policies default to report; copy-mode to background.  replaces names the
+ * node the target takes the place of on job-complete: the device or a node
+ * below it through filters (drive-mirror: node-name is then required).
+ * unmap (drive-mirror only, as in qemu-storage-daemon 7.2; default true):
+ * zero regions reach the target as write-zeroes with (or without) unmap.  target-is-zero is
  * not in qemu-storage-daemon 7.2's schema, hence the x-diskstack- prefix.
  *
  * Threading: handlers are GS, each in its own coroutine on the main loop.
@@ -123,18 +128,14 @@ static int parse_enums(json_t *args, MirrorParams *p, Error **errp) GS
 /* GS: the arguments both commands share into p (source looked up). */
 static int parse_common(json_t *args, MirrorParams *p, Error **errp) GS
 {
-    const char *replaces = str_arg(args, "replaces");
-
     if (parse_enums(args, p, errp) < 0) {
         return -1;
     }
     if (!(p->source = lookup(str_arg(args, "device"), errp))) {
         return -1;
     }
-    if (replaces && strcmp(replaces, p->source->node_name)) {
-        error_setg(errp, "replaces other than the device is not supported");
-        return -1;
-    }
+    p->replaces = str_arg(args, "replaces");    /* checked by mirror_start */
+    p->no_unmap = !bool_arg(args, "unmap", true);   /* drive-mirror only */
     p->job_id = str_arg(args, "job-id") ? str_arg(args, "job-id")
                                         : str_arg(args, "device");
     p->speed = int_arg(args, "speed");
@@ -230,12 +231,19 @@ static int coroutine_fn create_target(const char *path, const char *fmt,
 }
 
 /* GS, coroutine: opens the target image (backing from its header, except
- * for sync full, which copies everything). */
+ * for sync full, which copies everything) with the source's discard
+ * option, as QEMU opens it with the source's flags: with discard=unmap
+ * the zero regions of unmap=true become holes. */
 static BlockNode *coroutine_fn open_target(json_t *args, const char *fmt,
-                                           MirrorSyncMode sync, Error **errp) GS
+                                           BlockNode *src, MirrorSyncMode sync,
+                                           Error **errp) GS
 {
     json_t *def = json_pack("{s:s, s:{s:s, s:s}}", "driver", fmt, "file",
                             "driver", "file", "filename", str_arg(args, "target"));
+    json_t *discard = json_object_get(src->options, "discard");
+    if (json_is_string(discard)) {
+        json_object_set(def, "discard", discard);
+    }
     if (str_arg(args, "node-name")) {
         json_object_set_new(def, "node-name", json_string(str_arg(args, "node-name")));
     }
@@ -261,6 +269,11 @@ static json_t *coroutine_fn drive_mirror(json_t *args, Error **errp)
     if (mode < 0 || parse_common(args, &p, errp) < 0) {
         return NULL;
     }
+    if (p.replaces && !str_arg(args, "node-name")) {
+        error_setg(errp, "a node-name must be provided when replacing a named "
+                   "node of the graph");
+        return NULL;
+    }
     if (mode == 1) {
         struct stat st;
         fmt = fmt ? fmt : p.source->drv->format_name;
@@ -272,7 +285,7 @@ static json_t *coroutine_fn drive_mirror(json_t *args, Error **errp)
     } else if (!fmt && !(fmt = img_co_probe(path, errp))) {
         return NULL;
     }
-    if (!(p.target = open_target(args, fmt, p.sync, errp))) {
+    if (!(p.target = open_target(args, fmt, p.source, p.sync, errp))) {
         goto fail;
     }
     if (mirror_start(&p, errp) < 0) {

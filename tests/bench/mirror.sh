@@ -246,6 +246,8 @@ fio --name=fill --filename="$WORK/data.raw" --rw=write --bs=1M --direct=1 \
     --ioengine=psync --size="$SIZE" --refill_buffers --output=/dev/null
 qemu-img convert -f raw -O qcow2 "$WORK/data.raw" "$SRC"
 rm -f "$WORK/data.raw"
+# the first run must not compete with the writeback of the new source
+sync
 
 for mode in background write-blocking; do
     run diskstack idle "$mode" on

@@ -15,10 +15,11 @@ import subprocess
 import threading
 import time
 
-from common import (MiB, pread_all, pwrite_all, random_io_workers, run_qemu_img,
-                    wait_for)
+from common import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+                    FALLOC_FL_ZERO_RANGE, MiB, fallocate, pread_all, pwrite_all,
+                    random_io_workers, run_qemu_img, wait_for)
 from qmp import QmpClient
-from test_qmp_snapshot import SnapshotCase, pwrite_all_path
+from test_qmp_snapshot import SnapshotCase, pwrite_all_path, qemu_img_json
 
 SIZE = 16 * MiB
 
@@ -27,18 +28,30 @@ class MirrorCase(SnapshotCase):
 
     # ------------------------------------------------------------ helpers
 
-    def source(self, name='src', backing=None, inject=False):
+    def source(self, name='src', backing=None, inject=False, throttle=False,
+               discard=False):
         """A qcow2 source node `name`, exported writable, with data; on an
-        inject node `name`-inj if inject."""
+        inject node `name`-inj if inject; exported through a throttle
+        filter `name`-thr (generous limits) if throttle; discard=unmap if
+        discard."""
         img = self.qcow2(name + '.qcow2', SIZE, backing=backing)
-        if inject:
+        if discard:
+            self.add_unmapping(name, img)
+        elif inject:
             self.ok('blockdev-add', {
                 'driver': 'qcow2', 'node-name': name, 'file': {
                     'driver': 'inject', 'node-name': name + '-inj', 'rules': [],
                     'file': {'driver': 'file', 'filename': img}}})
         else:
             self.add_disk(name, img)
-        mp = self.export(name, name + '.img')
+        exported = name
+        if throttle:
+            self.ok('object-add', {'qom-type': 'throttle-group', 'id': 'tg0',
+                                   'limits': {'iops-total': 1000000}})
+            exported = name + '-thr'
+            self.ok('blockdev-add', {'driver': 'throttle', 'node-name': exported,
+                                     'throttle-group': 'tg0', 'file': name})
+        mp = self.export(exported, name + '.img')
         rng = random.Random(7)
         fd = os.open(mp, os.O_RDWR)
         try:
@@ -49,10 +62,20 @@ class MirrorCase(SnapshotCase):
             os.close(fd)
         return img, mp
 
-    def target(self, name='tgt', size=SIZE, backing=None):
+    def target(self, name='tgt', size=SIZE, backing=None, discard=False):
         img = self.qcow2(name + '.qcow2', size, backing=backing)
-        self.add_disk(name, img, backing=False if backing else None)
+        if discard:
+            self.add_unmapping(name, img)
+        else:
+            self.add_disk(name, img, backing=False if backing else None)
         return img
+
+    def add_unmapping(self, name, img):
+        """qcow2 node `name` with discard=unmap (MAY_UNMAP passes)."""
+        self.ok('blockdev-add', {'driver': 'qcow2', 'node-name': name,
+                                 'discard': 'unmap', 'file': {
+                                     'driver': 'file', 'node-name': name + '-f',
+                                     'filename': img}})
 
     def writers(self, mp, ops=150, seed=1):
         """Random I/O on the export in a background thread; join() it."""
@@ -120,6 +143,13 @@ class MirrorCase(SnapshotCase):
                  if n['drv'] == 'mirror_top']
         self.assertEqual(len(names), 1)
         return names[0]
+
+    def zero_runs(self, img):
+        """qemu-img map of img: (start, end, host offset or None) of the
+        runs that read as zeroes."""
+        return [(m['start'], m['start'] + m['length'], m.get('offset'))
+                for m in qemu_img_json('map', '-U', '--output=json', img)
+                if m['zero']]
 
     def fill_second_half(self, img):
         """Puts data into the second half of img (qemu-img as the writer)."""
@@ -385,6 +415,28 @@ class WriteBlocking(MirrorCase):
         self.quit()
         self.assert_image(tgt)
 
+    def test_write_blocking_races_the_copy(self):
+        """Guest writes go to source and target at once while the copy
+        runs over the same ranges (slow, then unlimited): whatever
+        overlaps a copy in flight is left dirty and copied again; the
+        target ends equal to the source."""
+        src, mp = self.source()
+        tgt = self.target()
+        self.mirror(speed=8 * MiB, **{'copy-mode': 'write-blocking'})
+        w = self.writers(mp, ops=300)
+        self.join(w)
+        w = self.writers(mp, ops=300, seed=2)
+        self.ok('block-job-set-speed', {'device': 'job0', 'speed': 0})
+        self.event('BLOCK_JOB_READY')
+        self.join(w)
+        w = self.writers(mp, ops=200, seed=3)
+        self.ok('job-complete', {'id': 'job0'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED'))
+        self.join(w)
+        self.assert_export(mp)
+        self.quit()
+        self.assert_image(tgt)
+
     def test_block_job_change_live(self):
         src, mp = self.source()
         tgt = self.target()
@@ -412,6 +464,212 @@ class WriteBlocking(MirrorCase):
         self.quit()
         self.assert_image(tgt)
         self.assert_image(src)
+
+
+    def test_write_zeroes_and_punch_go_to_the_target(self):
+        """fallocate on the export (write-zeroes) reaches the target
+        before it completes: nothing is left dirty."""
+        src, mp = self.source()
+        tgt = self.target(discard=True)
+        self.mirror(**{'copy-mode': 'write-blocking'})
+        w = self.writers(mp, ops=60)
+        self.event('BLOCK_JOB_READY')
+        self.join(w)
+        before = self.job()
+        self.assertTrue(before['actively-synced'], before)
+        fd = os.open(mp, os.O_RDWR)
+        try:
+            fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 2 * MiB)
+            fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                      4 * MiB, 2 * MiB)
+        finally:
+            os.close(fd)
+        self.reference[0:2 * MiB] = bytes(2 * MiB)
+        self.reference[4 * MiB:6 * MiB] = bytes(2 * MiB)
+        after = self.job()
+        self.assertEqual((after['len'], after['offset']),
+                         (before['len'], before['offset']), 'left dirty')
+        self.ok('job-complete', {'id': 'job0'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED'))
+        self.assert_export(mp)
+        self.quit()
+        self.assert_image(tgt)
+        # The target was zeroed by the guest's requests, not by the copy:
+        # the copy's write-zeroes carry MAY_UNMAP and the target has
+        # discard=unmap, so the copy would have left holes; the guest's
+        # lose MAY_UNMAP at mirror-top (as at QEMU's, opened without
+        # discard=unmap), so clusters that held data stay allocated.
+        # [0, 1M) and [4M, 5M) held data on the target before.
+        runs = self.zero_runs(tgt)
+        for start, end in ((0, MiB), (4 * MiB, 5 * MiB)):
+            inside = [r for r in runs if r[0] < end and r[1] > start]
+            self.assertEqual(sum(min(r[1], end) - max(r[0], start)
+                                 for r in inside), end - start, runs)
+            self.assertNotIn(None, [r[2] for r in inside], runs)
+
+
+class Replaces(MirrorCase):
+    """replaces: the target takes the place of a node below the device
+    through filters (QEMU's check_to_replace_node), here the qcow2 node
+    under the exported throttle filter: the filter stays and ends up over
+    the target."""
+
+    def test_replaces_the_node_under_a_filter(self):
+        src, mp = self.source(throttle=True)
+        tgt = self.target()
+        self.mirror(device='src-thr', replaces='src', speed=8 * MiB)
+        w = self.writers(mp)
+        self.join(w)
+        w = self.writers(mp, seed=2)
+        self.ok('block-job-set-speed', {'device': 'job0', 'speed': 0})
+        self.event('BLOCK_JOB_READY')
+        self.join(w)
+        w = self.writers(mp, ops=300, seed=3)
+        self.ok('job-complete', {'id': 'job0'})
+        done = self.event('BLOCK_JOB_COMPLETED')
+        self.join(w)
+        self.assertNotIn('error', done)
+        self.assertEqual(self.parents_of('src-thr'), [self.export_user()])
+        self.assertEqual(self.parents_of('tgt'), ['src-thr'])
+        self.assertEqual(self.parents_of('src'), [])
+        pwrite_all_path(mp, b'Z' * 65536, MiB)
+        self.reference[MiB:MiB + 65536] = b'Z' * 65536
+        self.assert_export(mp)
+        self.ok('blockdev-del', {'node-name': 'src'})     # nobody uses it now
+        self.quit()
+        self.assert_image(tgt)
+        self.check_clean(src)
+
+    def test_replaces_the_device_itself(self):
+        src, mp = self.source()
+        tgt = self.target()
+        w = self.writers(mp, ops=80)
+        self.mirror(replaces='src')
+        self.event('BLOCK_JOB_READY')
+        self.join(w)
+        self.ok('job-complete', {'id': 'job0'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED'))
+        self.assertEqual(self.parents_of('tgt'), [self.export_user()])
+        self.quit()
+        self.assert_image(tgt)
+
+    def test_replaces_refusals(self):
+        src, mp = self.source(throttle=True)
+        self.target()
+        args = {'job-id': 'job0', 'device': 'src-thr', 'target': 'tgt',
+                'sync': 'full'}
+        why = ("because it cannot be guaranteed that doing so would not lead "
+               "to an abrupt change of visible data")
+        self.refused('blockdev-mirror', dict(args, replaces='nope'),
+                     "Failed to find node with node-name='nope'")
+        # below the qcow2 node: not through filters only
+        self.refused('blockdev-mirror', dict(args, replaces='src-f'),
+                     "Cannot replace 'src-f' by a node mirrored from 'src-thr', "
+                     + why)
+        # above the device
+        self.refused('blockdev-mirror', dict(args, device='src', replaces='src-thr'),
+                     "Cannot replace 'src-thr' by a node mirrored from 'src', "
+                     + why)
+        # a node another job holds
+        self.target('t2')
+        self.target('t3')
+        self.ok('blockdev-mirror', {'job-id': 'other', 'device': 't2',
+                                    'target': 't3', 'sync': 'full', 'speed': MiB})
+        self.refused('blockdev-mirror', dict(args, replaces='t3'),
+                     "Node 't3' is busy: block device is in use by block job: mirror")
+        self.refused('drive-mirror', {'device': 'src-thr', 'replaces': 'src',
+                                      'target': self.path('new.qcow2'),
+                                      'sync': 'full'},
+                     "a node-name must be provided when replacing a named node "
+                     "of the graph")
+        # nothing was left behind: the real thing works
+        w = self.writers(mp, ops=60)
+        self.mirror(replaces='src')
+        self.event('BLOCK_JOB_READY')
+        self.join(w)
+        self.ok('job-complete', {'id': 'job0'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED'))
+        self.ok('job-cancel', {'id': 'other'})
+        self.event('BLOCK_JOB_CANCELLED', 'other')
+        self.assert_export(mp)
+        self.quit()
+
+
+class Unmap(MirrorCase):
+    """drive-mirror unmap: the zero regions of the source reach a target
+    full of data as write-zeroes with unmap (holes) or without (the
+    clusters stay allocated, zeroed) — qemu-img map tells."""
+
+    def run_unmap(self, unmap, ops=60):
+        # the target inherits the source's discard=unmap (QEMU's flags)
+        src, mp = self.source(discard=True)
+        tgt = self.path('tgt.qcow2')
+        self.qcow2('tgt.qcow2', SIZE)
+        r = subprocess.run(['qemu-io', '-f', 'qcow2', '-c',
+                            'write -P 0x55 0 %d' % SIZE, tgt], capture_output=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        w = self.writers(mp, ops=ops)
+        self.ok('drive-mirror', {'device': 'src', 'target': tgt, 'sync': 'full',
+                                 'mode': 'existing', 'format': 'qcow2',
+                                 'node-name': 'tgt', 'unmap': unmap})
+        self.event('BLOCK_JOB_READY', 'src')
+        self.join(w)
+        w = self.writers(mp, ops=ops, seed=2)
+        self.ok('job-complete', {'id': 'src'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED', 'src'))
+        self.join(w)
+        self.assert_export(mp)
+        self.quit()
+        self.assert_image(tgt)
+        runs = self.zero_runs(tgt)
+        self.assertTrue(runs, 'no zero run in the target')
+        return runs
+
+    def test_unmap_true_leaves_holes(self):
+        runs = self.run_unmap(True)
+        self.assertEqual([r for r in runs if r[2] is not None], [], runs)
+
+    def test_unmap_false_keeps_clusters(self):
+        runs = self.run_unmap(False)
+        self.assertEqual([r for r in runs if r[2] is None], [], runs)
+
+    def test_blockdev_mirror_has_no_unmap(self):
+        self.source()
+        self.target()
+        self.refused('blockdev-mirror', {'device': 'src', 'target': 'tgt',
+                                         'sync': 'full', 'unmap': False},
+                     "Parameter 'unmap' is unexpected")
+        self.quit()
+
+
+class ActiveCommitJob(MirrorCase):
+    """The active commit is this job with type commit: as in
+    qemu-storage-daemon, query-block-jobs has no actively-synced for it
+    (BlockJobInfoMirror is the mirror's only), and the nodes it holds are
+    busy with a job named commit."""
+
+    def test_active_commit_reports_as_commit(self):
+        base = self.qcow2('base.qcow2', SIZE)
+        src, mp = self.source(backing=base)
+        self.ok('block-commit', {'job-id': 'c0', 'device': 'src', 'speed': MiB})
+        job = self.job('c0')
+        self.assertEqual(job['type'], 'commit')
+        self.assertNotIn('actively-synced', job)
+        self.target()
+        self.refused('blockdev-mirror', {'job-id': 'm', 'device': 'src',
+                                         'target': 'tgt', 'sync': 'full'},
+                     "Node 'src' is busy: block device is in use by block job: "
+                     "commit")
+        w = self.writers(mp, ops=60)
+        self.ok('block-job-set-speed', {'device': 'c0', 'speed': 0})
+        self.event('BLOCK_JOB_READY', 'c0')
+        self.join(w)
+        self.assertNotIn('actively-synced', self.job('c0'))
+        self.ok('job-complete', {'id': 'c0'})
+        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED', 'c0'))
+        self.assert_export(mp)
+        self.quit()
+        self.assert_image(base)
 
 
 class DriveMirror(MirrorCase):

@@ -2,8 +2,9 @@
  * test-mirror-top.c — the mirror job's filter and the graph helpers that
  * put it in and take it out (graph-change.c): every parent of the source
  * moves to the filter and back, or on to another node (the pivot); writes
- * through the filter mark the dirty bitmap after they complete, reads and
- * write-unchanged writes do not; a refused change changes nothing; the
+ * through the filter mark the dirty bitmap after they complete and count
+ * as guest writes (the job's busy signal), reads and write-unchanged
+ * writes do neither; a refused change changes nothing; the
  * driver is not in the registry (not user-creatable).
  */
 #include <criterion/criterion.h>
@@ -107,14 +108,20 @@ Test(mirror_top, insert_marks_writes_and_removes)
     cr_assert_eq(blk_node(s.user), s.filter, "the user moved to the filter");
     cr_assert_eq(bdrv_getlength(s.filter), 1 << 20);
 
+    uint64_t in_flight = 1;
     io(s.user, REQ_READ, 0, 4096, 0);
     cr_assert_eq(dirty_bitmap_count(s.bitmap), 0, "reads do not dirty");
     io(s.user, REQ_WRITE, 8192, 4096, BDRV_REQ_WRITE_UNCHANGED);
     cr_assert_eq(dirty_bitmap_count(s.bitmap), 0, "nor unchanged writes");
+    cr_assert_eq(mirror_top_guest_writes(s.filter, &in_flight), 0,
+                 "the job's busy signal counts neither");
     io(s.user, REQ_WRITE, 8192, 100, 0);
     io(s.user, REQ_ZERO, 65536, 4096, 0);
     cr_assert_eq(dirty_bitmap_count(s.bitmap), 2 * 4096);
     cr_assert(dirty_bitmap_get(s.bitmap, 8192) && dirty_bitmap_get(s.bitmap, 65536));
+    cr_assert_eq(mirror_top_guest_writes(s.filter, &in_flight), 2,
+                 "a write and a write-zeroes went in");
+    cr_assert_eq(in_flight, 0, "and came out");
 
     /* in use already: refused, nothing changes */
     run_co(insert_co, &s);
