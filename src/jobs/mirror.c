@@ -596,6 +596,8 @@ static int coroutine_fn mirror_run(Job *job, Error **errp)
                    s->source->node_name, strerror(-ret));
         return ret;
     }
+    /* the length is known now, even if the first copy fails */
+    job_progress_set_remaining(job, dirty_bitmap_count(s->bitmap));
     for (;;) {
         int64_t delay = start_batch(s);
         bool cancel;

@@ -282,6 +282,9 @@ static json_t *coroutine_fn drive_mirror(json_t *args, Error **errp)
                           errp) < 0) {
             goto fail;
         }
+        /* a new image without backing reads as zeroes: only what the
+         * source allocates is copied (QEMU's zero-init case) */
+        p.target_is_zero |= p.sync == MIRROR_SYNC_FULL;
     } else if (!fmt && !(fmt = img_co_probe(path, errp))) {
         return NULL;
     }
