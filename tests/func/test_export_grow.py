@@ -27,7 +27,7 @@ import threading
 
 import test_commit
 from common import (MiB, FALLOC_FL_ZERO_RANGE, fallocate, pread_all,
-                    pwrite_all, read_file, run_qemu_img, write_at)
+                    pwrite_all, read_file, run_qemu_img, wait_for, write_at)
 from test_mirror import SIZE as MIRROR_SIZE, MirrorCase
 from test_qmp_snapshot import SnapshotCase
 from test_stream import SLOW, JobCase
@@ -249,6 +249,7 @@ class GrowActiveCommit(RefusedWhileJob, JobCase):
         def after(rounds):
             # writers run inside the end meanwhile: no write across it here
             self.assert_resizes_refused(self.mp, len(self.expected_start), 'a0')
+            wait_for(lambda: len(rounds) > 2, lambda: 'no write rounds')
             self.ok('block-job-set-speed', {'device': 'a0', 'speed': 0})
             self.ready_then('a0', 'job-complete')
 
