@@ -111,6 +111,10 @@ void coroutine_fn wait_until_idle(bool (*cond)(void *opaque), void *opaque);
  * removed edge gives them back. */
 void bdrv_parent_quiesce_begin_one(BlockChild *c) GRAPH_RDLOCK GS;
 void bdrv_parent_quiesce_end_one(BlockChild *c) GRAPH_RDLOCK GS;
+/* quiesce.c: how many sections of bs reach its parents: the count every
+ * parent edge of bs must have (its parent_quiesced) — quiesce_counter, less
+ * at a barrier node the sections from below that stopped there. */
+int bdrv_parent_sections(BlockNode *bs) GRAPH_RDLOCK GS;
 
 /* graph-lock.c */
 bool graph_wrlock_held(void);

@@ -290,7 +290,9 @@ static void unlink_child(BlockNode *parent, BlockChild *c) GRAPH_WRLOCK
     }
 }
 
-/* Makes the parent side of c follow the quiesced sections of its node. */
+/* Makes the parent side of c follow the quiesced sections of its node:
+ * `sections` is bdrv_parent_sections() of c's node (0 when c leaves it),
+ * which leaves out the sections a barrier node holds from below. */
 static void sync_parent_quiesce(BlockChild *c, int sections) GRAPH_RDLOCK GS
 {
     while (c->parent_quiesced < sections) {
@@ -341,7 +343,7 @@ static BlockChild *attach_edge(BlockNode *child, const char *name,
     }
     c->perm = perm;
     c->shared_perm = shared;
-    sync_parent_quiesce(c, atomic_load(&child->quiesce_counter));
+    sync_parent_quiesce(c, bdrv_parent_sections(child));
     int ret = perm_refresh_node(child, errp);
     if (ret < 0) {
         edge_unlink(c);
@@ -409,7 +411,7 @@ int bdrv_replace_child_node(BlockChild *c, BlockNode *new_bs, Error **errp)
     int sections = c->parent_quiesced;
     unlink_parent(old, c);
     link_parent(new_bs, c);
-    sync_parent_quiesce(c, atomic_load(&new_bs->quiesce_counter));
+    sync_parent_quiesce(c, bdrv_parent_sections(new_bs));
     int ret = perm_refresh_node(new_bs, errp);
     if (ret < 0) {
         unlink_parent(new_bs, c);
@@ -446,7 +448,7 @@ BlockChild *bdrv_link_child_noperm(BlockNode *parent, BlockNode *child,
     link_parent(child, c);
     link_child(parent, c);
     perm_for_child(parent, c, &c->perm, &c->shared_perm);
-    sync_parent_quiesce(c, atomic_load(&child->quiesce_counter));
+    sync_parent_quiesce(c, bdrv_parent_sections(child));
     child->refcnt++;
     return c;
 }
@@ -476,8 +478,9 @@ void bdrv_move_parent_noperm(BlockChild *c, BlockNode *to)
     }
     unlink_parent(from, c);
     link_parent(to, c);
-    /* both are quiesced, so the parent never leaves its section */
-    sync_parent_quiesce(c, atomic_load(&to->quiesce_counter));
+    /* both are quiesced, so the parent never leaves its section (unless to
+     * is a barrier held only from below: then it is not in any of them) */
+    sync_parent_quiesce(c, bdrv_parent_sections(to));
     to->refcnt++;
     if (--from->refcnt < 1) {
         abort();        /* the caller keeps from alive */

@@ -28,6 +28,10 @@
  * other way round, the barrier's queue is held by the first section and
  * the second would wait for it until the first ends.
  *
+ * Edges that change inside sections (graph.c: attached, moved, replaced)
+ * take the sections that reach them through their new node, which at a
+ * barrier node are its own sections only (bdrv_parent_sections()).
+ *
  * Waiting is a coroutine yield, never a nested event loop or a poll: the
  * completion path (io.c and backend.c, on any thread) calls
  * bdrv_notify_idle() when an in-flight counter drops to zero, which wakes
@@ -176,6 +180,32 @@ static void unquiesce_up(BlockNode *bs)
     if (atomic_fetch_sub(&bs->quiesce_counter, 1) <= 0) {
         abort();
     }
+}
+
+/*
+ * The invariant of an edge's parent_quiesced: an edge c is in exactly the
+ * sections that pass up through its node, bdrv_parent_sections(c->node).
+ * At an ordinary node that is all of its quiesce_counter (sections begun on
+ * it and those its children's edges brought up).  At a barrier node the
+ * sections from below stop there: each of its child edges has raised its
+ * counter once per section it is in (barrier_begin), and none of those
+ * reaches its parents, so they are in the node's own sections only.  An
+ * edge counted in a section from below would never be ended by it (the
+ * section's end stops at the barrier too) and would stay quiesced.
+ */
+int bdrv_parent_sections(BlockNode *bs)
+{
+    GS_CODE();
+    int n = atomic_load(&bs->quiesce_counter);
+    if (is_barrier(bs)) {
+        for (BlockChild *c = bs->children; c; c = c->next_child) {
+            n -= c->parent_quiesced;
+        }
+    }
+    if (n < 0) {
+        abort();
+    }
+    return n;
 }
 
 /* True while barrier bs has requests it sent below that have not
