@@ -718,61 +718,37 @@ static int replace_node_locked(BlockNode *from, BlockNode *to, Error **errp)
     return ret;
 }
 
-/* GS, coroutine, the source quiesced (so every user of the graph above it
- * waits): with replaces, the pivot moves to_replace's parents to the
- * target (QEMU's mirror_exit_common).  A section of its own, after
- * mirror-top left: a barrier filter between source and to_replace (a
- * throttle node) would otherwise be counted quiesced from below while
- * mirror-top's parents move onto it. */
-static int coroutine_fn replace_in_section(MirrorJob *s, Error **errp) GS
+/* GS, graph write lock, source, target and to_replace quiesced: with
+ * replaces, the pivot moves to_replace's parents to the target (QEMU's
+ * mirror_exit_common), if it is still the source or below it through
+ * filters. */
+static int replace_locked(MirrorJob *s, Error **errp) GRAPH_WRLOCK GS
 {
-    BlockNode *nodes[] = { s->to_replace, s->target };
-    int ret;
-
-    bdrv_co_quiesce_nodes_begin(nodes, 2);
-    bdrv_graph_wrlock();
     if (can_replace(s->source, s->to_replace)) {
-        ret = replace_node_locked(s->to_replace, s->target, errp);
-    } else {
-        error_setg(errp, "Can no longer replace '%s' by '%s', because it can "
-                   "no longer be guaranteed that doing so would not lead to an "
-                   "abrupt change of visible data", s->to_replace->node_name,
-                   s->target->node_name);
-        ret = -EPERM;
+        return replace_node_locked(s->to_replace, s->target, errp);
     }
-    bdrv_graph_wrunlock();
-    bdrv_co_quiesce_nodes_end(nodes, 2);
-    return ret;
-}
-
-/* GS, coroutine, the source and mirror-top quiesced: mirror-top leaves the
- * graph and its parents move to `to`. */
-static int coroutine_fn remove_filter_in_section(MirrorJob *s, BlockNode *to,
-                                                 Error **errp) GS
-{
-    int ret;
-
-    if (to != s->source) {
-        bdrv_co_quiesce_begin(to);
-    }
-    bdrv_graph_wrlock();
-    ret = bdrv_remove_filter_locked(s->filter, to, errp);
-    bdrv_graph_wrunlock();
-    if (to != s->source) {
-        bdrv_quiesce_end(to);
-    }
-    s->filter_removed = ret == 0;
-    return ret;
+    error_setg(errp, "Can no longer replace '%s' by '%s', because it can "
+               "no longer be guaranteed that doing so would not lead to an "
+               "abrupt change of visible data", s->to_replace->node_name,
+               s->target->node_name);
+    return -EPERM;
 }
 
 /* GS, coroutine: inside one section of source and mirror-top: the last
- * chunks, the job's backends go, mirror-top goes and its parents move to
- * the target (a pivot), or back to the source (no pivot, or a pivot with
- * replaces, which then moves to_replace's parents to the target). */
+ * chunks, the job's backends go.  Then the nodes that gain parents are
+ * quiesced too (the target on a pivot, to_replace with replaces: only
+ * now, since final_copy reads through any filter between source and
+ * to_replace), and in one write-locked step mirror-top leaves the graph,
+ * its parents moving to the target (a pivot) or back to the source (no
+ * pivot, or a pivot with replaces, which then moves to_replace's parents
+ * to the target). */
 static int coroutine_fn finish_in_section(MirrorJob *s, bool pivot) GS
 {
     BlockNode *nodes[] = { s->source, s->filter, s->target, s->to_replace };
     bool replace = pivot && s->to_replace;
+    BlockNode *to = pivot && !replace ? s->target : s->source;
+    BlockNode *gaining[] = { replace ? s->to_replace : NULL,
+                             pivot ? s->target : NULL };
     Error *err = NULL;
     int ret;
 
@@ -786,16 +762,20 @@ static int coroutine_fn finish_in_section(MirrorJob *s, bool pivot) GS
     mirror_top_set_active(s->filter, NULL);     /* nothing in flight there */
     ret = final_copy(s);
     block_job_remove_all_nodes(&s->common);
+    bdrv_co_quiesce_nodes_begin(gaining, 2);
     if (ret == 0) {
-        ret = remove_filter_in_section(s, pivot && !replace ? s->target : s->source,
-                                       &err);
-    }
-    if (ret == 0 && replace) {
-        ret = replace_in_section(s, &err);
+        bdrv_graph_wrlock();
+        ret = bdrv_remove_filter_locked(s->filter, to, &err);
+        s->filter_removed = ret == 0;
+        if (ret == 0 && replace) {
+            ret = replace_locked(s, &err);
+        }
+        bdrv_graph_wrunlock();
     }
     if (ret < 0) {
         error_report_err(err);
     }
+    bdrv_co_quiesce_nodes_end(gaining, 2);
     bdrv_quiesce_end(s->filter);
     bdrv_quiesce_end(s->source);
     for (int i = 3; i >= 0; i--) {
