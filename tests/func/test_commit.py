@@ -112,33 +112,13 @@ class Commit(JobCase):
                      (self.base, None)])
 
     def test_error_stop_then_resume(self):
-        self.inject_mid()
-        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
-            {'id': 'bad', 'op': 'read'}]})
-        self.assertEqual(self.ok('block-commit', {
-            'job-id': 'c3', 'device': 'top', 'top-node': 'mid',
-            'on-error': 'stop'}), {})
-        ev = self.c.event('BLOCK_JOB_ERROR')
-        self.assertEqual(ev['data'], {'device': 'c3', 'operation': 'read',
-                                      'action': 'stop'})
-        self.wait_status('c3', 'paused')
-        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
-        self.assertEqual(self.ok('job-resume', {'id': 'c3'}), {})
-        ev = self.c.event('BLOCK_JOB_COMPLETED')
-        self.assertNotIn('error', ev['data'])
+        self.stop_then_resume('block-commit', {'job-id': 'c3', 'device': 'top',
+                                               'top-node': 'mid'})
         self.verify_commit(self.expected_start)
 
     def test_error_report_fails_cleanly(self):
-        self.inject_mid()
-        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
-            {'id': 'bad', 'op': 'read', 'offset': 2 * MiB}]})
-        self.assertEqual(self.ok('block-commit', {
-            'job-id': 'c4', 'device': 'top', 'top-node': 'mid'}), {})
-        ev = self.c.event('BLOCK_JOB_COMPLETED')
-        self.assertIn('error', ev['data'])
-        self.assertEqual(self.statuses('c4'), ['created', 'running', 'aborting',
-                                               'concluded', 'null'])
-        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        self.report_fails_cleanly('block-commit', {'job-id': 'c4', 'device': 'top',
+                                                   'top-node': 'mid'})
         self.assertTrue(self.node('base')['ro'], 'base is read-only again')
         self.verify(self.top, self.expected_start,
                     [(self.top, self.mid), (self.mid, self.base),

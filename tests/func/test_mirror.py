@@ -779,16 +779,18 @@ class MirrorErrors(MirrorCase):
         self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
             {'id': 'w', 'op': 'write', 'errno': 'EIO'}]})
 
-    def test_stop_then_resume(self):
-        src, mp = self.source()
-        tgt = self.inject_target()
-        self.fail_writes()
-        self.mirror(**{'on-target-error': 'stop'})
+    def stop_then_resume(self, mp, tgt, inj, policy, operation):
+        """With inject node inj failing `operation`s and policy=stop: a
+        BLOCK_JOB_ERROR, the job paused (io-status failed); cleared and
+        resumed, it goes ready and pivots; export and target are right."""
+        self.ok('x-diskstack-inject-set', {'node-name': inj, 'rules': [
+            {'id': 'x', 'op': operation, 'errno': 'EIO'}]})
+        self.mirror(**{policy: 'stop'})
         e = self.event('BLOCK_JOB_ERROR')
-        self.assertEqual((e['operation'], e['action']), ('write', 'stop'))
+        self.assertEqual((e['operation'], e['action']), (operation, 'stop'))
         wait_for(lambda: self.job()['status'] == 'paused', lambda: str(self.job()))
         self.assertEqual(self.job()['io-status'], 'failed')
-        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        self.ok('x-diskstack-inject-clear', {'node-name': inj})
         self.ok('job-resume', {'id': 'job0'})
         self.event('BLOCK_JOB_READY')
         self.ok('job-complete', {'id': 'job0'})
@@ -797,23 +799,15 @@ class MirrorErrors(MirrorCase):
         self.quit()
         self.assert_image(tgt)
 
+    def test_stop_then_resume(self):
+        src, mp = self.source()
+        self.stop_then_resume(mp, self.inject_target(), 'inj', 'on-target-error',
+                              'write')
+
     def test_source_read_error_stop_then_resume(self):
         src, mp = self.source(inject=True)
-        tgt = self.target()
-        self.ok('x-diskstack-inject-set', {'node-name': 'src-inj', 'rules': [
-            {'id': 'r', 'op': 'read', 'errno': 'EIO'}]})
-        self.mirror(**{'on-source-error': 'stop'})
-        e = self.event('BLOCK_JOB_ERROR')
-        self.assertEqual((e['operation'], e['action']), ('read', 'stop'))
-        wait_for(lambda: self.job()['status'] == 'paused', lambda: str(self.job()))
-        self.ok('x-diskstack-inject-clear', {'node-name': 'src-inj'})
-        self.ok('job-resume', {'id': 'job0'})
-        self.event('BLOCK_JOB_READY')
-        self.ok('job-complete', {'id': 'job0'})
-        self.assertNotIn('error', self.event('BLOCK_JOB_COMPLETED'))
-        self.assert_export(mp)
-        self.quit()
-        self.assert_image(tgt)
+        self.stop_then_resume(mp, self.target(), 'src-inj', 'on-source-error',
+                              'read')
 
     def test_report_fails_cleanly(self):
         src, mp = self.source()

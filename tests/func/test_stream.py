@@ -151,6 +151,46 @@ class JobCase(SnapshotCase):
                         'file': {'driver': 'file', 'node-name': 'mid-f',
                                  'filename': self.mid}})
 
+    def start_with_failing_mid(self, cmd, args, rule):
+        """mid's reads fail as inject rule `rule` says (id 'bad', op
+        read), then cmd starts the job."""
+        self.inject_mid()
+        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
+            dict(rule, id='bad', op='read')]})
+        self.assertEqual(self.ok(cmd, args), {})
+
+    def stop_then_resume(self, cmd, args):
+        """on-error stop on a failing read of mid: BLOCK_JOB_ERROR, the job
+        paused with io-status failed; once the fault is cleared, job-resume
+        completes it without error."""
+        job = args['job-id']
+        self.start_with_failing_mid(cmd, dict(args, **{'on-error': 'stop'}), {})
+        ev = self.c.event('BLOCK_JOB_ERROR')
+        self.assertEqual(ev['data'], {'device': job, 'operation': 'read',
+                                      'action': 'stop'})
+        self.wait_status(job, 'paused')
+        info = self.ok('query-block-jobs')[0]
+        self.assertEqual(info['io-status'], 'failed')
+        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        self.assertEqual(self.ok('job-resume', {'id': job}), {})
+        ev = self.c.event('BLOCK_JOB_COMPLETED')
+        self.assertNotIn('error', ev['data'])
+
+    def report_fails_cleanly(self, cmd, args):
+        """on-error report (the default) on a read of mid failing at 2 MiB:
+        BLOCK_JOB_ERROR, then the job fails (aborting, concluded, null);
+        returns its BLOCK_JOB_COMPLETED data."""
+        job = args['job-id']
+        self.start_with_failing_mid(cmd, args, {'offset': 2 * MiB})
+        ev = self.c.event('BLOCK_JOB_ERROR')
+        self.assertEqual(ev['data']['action'], 'report')
+        ev = self.c.event('BLOCK_JOB_COMPLETED')
+        self.assertIn('error', ev['data'])
+        self.assertEqual(self.statuses(job), ['created', 'running', 'aborting',
+                                              'concluded', 'null'])
+        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        return ev['data']
+
     def reopen_refused(self, node, desc):
         """blockdev-reopen of node (a read-only qcow2 on node-f) without
         its backing is refused with desc."""
@@ -305,39 +345,15 @@ class Stream(JobCase):
                      (self.base, None)])
 
     def test_error_stop_then_resume(self):
-        self.inject_mid()
-        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
-            {'id': 'bad', 'op': 'read'}]})
-        self.assertEqual(self.ok('block-stream', {
-            'job-id': 's5', 'device': 'top', 'base-node': 'base',
-            'on-error': 'stop'}), {})
-        ev = self.c.event('BLOCK_JOB_ERROR')
-        self.assertEqual(ev['data'], {'device': 's5', 'operation': 'read',
-                                      'action': 'stop'})
-        self.wait_status('s5', 'paused')
-        info = self.ok('query-block-jobs')[0]
-        self.assertEqual(info['io-status'], 'failed')
-        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
-        self.assertEqual(self.ok('job-resume', {'id': 's5'}), {})
-        ev = self.c.event('BLOCK_JOB_COMPLETED')
-        self.assertNotIn('error', ev['data'])
+        self.stop_then_resume('block-stream', {'job-id': 's5', 'device': 'top',
+                                               'base-node': 'base'})
         self.verify(self.top, self.expected_start,
                     [(self.top, self.base), (self.base, None)])
 
     def test_error_report_fails_cleanly(self):
-        self.inject_mid()
-        self.ok('x-diskstack-inject-set', {'node-name': 'inj', 'rules': [
-            {'id': 'bad', 'op': 'read', 'offset': 2 * MiB}]})
-        self.assertEqual(self.ok('block-stream', {
-            'job-id': 's6', 'device': 'top'}), {})
-        ev = self.c.event('BLOCK_JOB_ERROR')
-        self.assertEqual(ev['data']['action'], 'report')
-        ev = self.c.event('BLOCK_JOB_COMPLETED')
-        self.assertIn('error', ev['data'])
-        self.assertLess(ev['data']['offset'], SIZE)
-        self.assertEqual(self.statuses('s6'), ['created', 'running', 'aborting',
-                                               'concluded', 'null'])
-        self.ok('x-diskstack-inject-clear', {'node-name': 'inj'})
+        done = self.report_fails_cleanly('block-stream',
+                                         {'job-id': 's6', 'device': 'top'})
+        self.assertLess(done['offset'], SIZE)
         # the chain is as it was, the content too
         self.verify(self.top, self.expected_start,
                     [(self.top, self.mid), (self.mid, self.base),
