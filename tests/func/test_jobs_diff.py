@@ -70,7 +70,8 @@ import unittest
 from common import (MiB, Daemon, FuseTestCase, diskstack_bin, force_unmount,
                     run_qemu_img, wait_for)
 from qmp import TIMEOUT as QMP_TIMEOUT, QmpClient
-from test_qmp_diff import check_script_on_qsd, compare_graph, substitute
+from test_qmp_diff import (check_script_on_qsd, compare_graph, substitute,
+                           walk_records)
 
 SIZE = 8 * MiB
 EVENT_TIMEOUT = 15.0
@@ -967,27 +968,20 @@ def compare_command(t, o, out):
         out.append(('diff', label, 'QEMU %s; diskstack %s' % (rt, ro)))
 
 
+def compare_step(t, o, out):
+    if t['kind'] == 'cmd':
+        compare_command(t, o, out)
+    elif t['kind'] == 'wait':
+        if o['kind'] != 'skipped' and o['event'] is None:
+            # (skipped: a consequence of the command that differed)
+            out.append(('diff', t['label'], 'no such event from diskstack'))
+    elif t['observed'] != o['observed']:
+        out.append(('diff', t['label'], 'QEMU read %s; diskstack read %s'
+                    % (t['observed'], o['observed'])))
+
+
 def compare_records(theirs, ours):
-    out = []
-    for t, o in zip(theirs, ours):
-        if o['kind'] == 'died':
-            out.append(('diff', o['label'], 'diskstack died or closed the socket: %s'
-                        % o['error']))
-            return out
-        if t['kind'] == 'cmd':
-            compare_command(t, o, out)
-        elif t['kind'] == 'wait':
-            if o['kind'] == 'skipped':
-                continue        # a consequence of the command that differed
-            if o['event'] is None:
-                out.append(('diff', t['label'], 'no such event from diskstack'))
-        elif t['observed'] != o['observed']:
-            out.append(('diff', t['label'], 'QEMU read %s; diskstack read %s'
-                        % (t['observed'], o['observed'])))
-    if len(ours) < len(theirs):
-        out.append(('diff', 'script', 'diskstack run ended after %d of %d steps'
-                    % (len(ours), len(theirs))))
-    return out
+    return walk_records(theirs, ours, compare_step)
 
 
 def chain_summary(path, directory):

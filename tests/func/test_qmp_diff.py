@@ -623,34 +623,40 @@ def compare_graph(t, o, out):
                         % (e, et[e], eo[e])))
 
 
-def compare_records(theirs, ours):
+def walk_records(theirs, ours, compare_step):
+    """The loop of both differential tests (this one, test_jobs_diff):
+    compare_step(t, o, out) for each pair of step records until the
+    diskstack run died; a diskstack run cut short is a difference."""
     out = []
     for t, o in zip(theirs, ours):
         if o['kind'] == 'died':
             out.append(('diff', o['label'], 'diskstack died or closed the socket: %s'
                         % o['error']))
             return out
-        if t['kind'] in ('cmd', 'greeting'):
-            if t['kind'] == 'greeting':
-                sub = []
-                compare_shape(t['reply'], o['reply'], None, 'greeting', sub)
-                out.extend(sub)
-            else:
-                compare_reply(t, o, out)
-        elif t['kind'] == 'event':
-            if o['event'] is None:
-                out.append(('diff', t['label'], 'no such event from diskstack'))
-            else:
-                sub = []
-                compare_shape(t['event'], o['event'], 'Event', t['label'], sub)
-                out.extend(sub)
-        elif t['observed'] != o['observed']:
-            out.append(('diff', t['label'], 'QEMU saw %s; diskstack saw %s'
-                        % (t['observed'], o['observed'])))
+        compare_step(t, o, out)
     if len(ours) < len(theirs):
         out.append(('diff', 'script', 'diskstack run ended after %d of %d steps'
                     % (len(ours), len(theirs))))
     return out
+
+
+def compare_step(t, o, out):
+    if t['kind'] == 'greeting':
+        compare_shape(t['reply'], o['reply'], None, 'greeting', out)
+    elif t['kind'] == 'cmd':
+        compare_reply(t, o, out)
+    elif t['kind'] == 'event':
+        if o['event'] is None:
+            out.append(('diff', t['label'], 'no such event from diskstack'))
+        else:
+            compare_shape(t['event'], o['event'], 'Event', t['label'], out)
+    elif t['observed'] != o['observed']:
+        out.append(('diff', t['label'], 'QEMU saw %s; diskstack saw %s'
+                    % (t['observed'], o['observed'])))
+
+
+def compare_records(theirs, ours):
+    return walk_records(theirs, ours, compare_step)
 
 
 def chain_summary(path):
